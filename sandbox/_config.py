@@ -1,0 +1,146 @@
+"""Settings for a sandbox session and for the manager that owns sessions.
+
+Every hardening measure is on by default and is a named field; turning one off
+is an explicit, visible choice of the caller (``network="bridge"``,
+``read_only_root=False``...). Limits are validated here, once, so a bad value
+fails before any container exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sandbox._exceptions import ConfigError
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV = {"HOME", "PATH", "IPYTHONDIR", "MPLCONFIGDIR", "MPLBACKEND",
+                 "AGENTBOX_RUN_DIR", "AGENTBOX_AUTOSTART", "PYTHONPATH", "LD_PRELOAD",
+                 "LD_LIBRARY_PATH", "PYTHONSTARTUP", "PYTHONHOME"}
+
+MiB = 1024 * 1024
+
+
+class SandboxConfig(BaseModel):
+    """How one session's container and kernel are set up. Immutable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image: str | None = Field(
+        None, description="Kernel image; default: the tag built from this package's kernel_image/."
+    )
+    runtime: Literal["runc", "runsc"] = "runc"
+
+    # Hardening: all on; each can only be loosened explicitly.
+    user: str = Field("1000:1000", pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")
+    read_only_root: bool = True
+    network: str = Field("none", description="Docker network mode; 'none' leaves only loopback.")
+    drop_all_capabilities: bool = True
+    no_new_privileges: bool = True
+
+    # Resource limits, enforced by the kernel's cgroup and checked from inside in tests.
+    memory_mb: int = Field(1024, ge=64, le=256 * 1024)
+    cpus: float = Field(1.0, gt=0.0, le=256.0)
+    pids: int = Field(256, ge=16, le=32768)
+    open_files: int = Field(1024, ge=64, le=1_048_576)
+    tmp_size_mb: int = Field(256, ge=1, le=64 * 1024)
+    workdir_size_mb: int = Field(512, ge=1, le=256 * 1024)
+    log_max_bytes: int = Field(1 * MiB, ge=64 * 1024, le=1024 * MiB)
+
+    env: dict[str, str] = Field(default_factory=dict,
+                                description="The only environment the kernel gets besides "
+                                "the image's own; nothing of the host is passed.")
+
+    # Time.
+    execution_timeout_s: float = Field(60.0, gt=0, le=24 * 3600)
+    interrupt_grace_s: float = Field(2.0, ge=0, le=600)
+    start_timeout_s: float = Field(30.0, gt=0, le=600)
+
+    # Output bounds: what the host keeps per execution, and the largest single message
+    # it accepts off the wire at all (larger ones are dropped by ZMQ unread).
+    max_output_bytes: int = Field(4 * MiB, ge=1024, le=1024 * MiB)
+    max_message_bytes: int = Field(64 * MiB, ge=64 * 1024, le=2048 * MiB)
+
+    # Files.
+    max_upload_bytes: int = Field(100 * MiB, ge=1, le=16 * 1024 * MiB)
+    max_download_bytes: int = Field(100 * MiB, ge=1, le=16 * 1024 * MiB)
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+            if name in _RESERVED_ENV:
+                raise ValueError(f"environment variable {name} is set by the sandbox itself")
+            if "\0" in value:
+                raise ValueError(f"environment variable {name} contains a NUL byte")
+        return env
+
+    @field_validator("network")
+    @classmethod
+    def _check_network(cls, value: str) -> str:
+        if value == "host" or value.startswith("container:"):
+            raise ValueError(f"network mode {value!r} would share the host's or another "
+                             "container's network namespace; not allowed")
+        return value
+
+    def with_(self, **changes: object) -> SandboxConfig:
+        """A copy with *changes* applied and validated (ConfigError when invalid)."""
+        return make_config(self.model_dump() | changes)
+
+    @property
+    def uid(self) -> int:
+        return int(self.user.split(":")[0])
+
+    @property
+    def gid(self) -> int:
+        return int(self.user.split(":")[1])
+
+    def is_pool_compatible(self) -> bool:
+        """Whether a kernel started with the default settings can serve this config."""
+        return self == SandboxConfig(image=self.image)
+
+
+def make_config(values: dict[str, object] | None = None, **kwargs: object) -> SandboxConfig:
+    """Build a SandboxConfig, turning validation errors into one clear ConfigError."""
+    try:
+        return SandboxConfig.model_validate({**(values or {}), **kwargs})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid sandbox settings: " + "; ".join(parts)
+
+
+def default_base_dir() -> Path:
+    """Where per-session run directories live on the host (short: socket paths max 107 bytes)."""
+    env = os.environ.get("AGENTBOX_RUN_ROOT")
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / f"agentbox-{os.getuid()}"
+
+
+class ManagerConfig(BaseModel):
+    """How a SessionManager runs: capacity, pool, lifetimes, reaper."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_sessions: int = Field(64, ge=1, le=10_000)
+    pool_size: int = Field(0, ge=0, le=256)
+    idle_timeout_s: float | None = Field(900.0, gt=0)
+    max_lifetime_s: float | None = Field(4 * 3600.0, gt=0)
+    reaper_interval_s: float = Field(5.0, gt=0, le=3600)
+    run_root: Path = Field(default_factory=default_base_dir)
+    instance_id: str | None = Field(None, pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    session_defaults: SandboxConfig = Field(default_factory=SandboxConfig)

@@ -1,0 +1,260 @@
+"""Talking to one container: its init (start/kill/watch kernels) and its kernel (ZMQ).
+
+Two channels, both through the session's run directory (bind-mounted at
+``/run/kernel``), neither on any network interface:
+
+- :class:`InitClient`: JSON requests to ``agentbox-init`` over ``init.sock``;
+  the death watch is a request that is answered when the kernel exits.
+- :class:`KernelConnection`: jupyter_client's async client over ZMQ ``ipc``
+  sockets ``k<generation>-<n>``; two pump tasks read IOPub and shell replies and
+  route each message to the execution it answers, by parent ``msg_id``; a
+  message that answers no live request is dropped (and counted), so output can
+  never be attributed to the wrong execution.
+
+Everything read here comes from inside the sandbox and is treated as untrusted:
+sizes are bounded, JSON is type-checked, every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous.client import AsyncKernelClient
+
+from sandbox._exceptions import DeadlineExceeded, SandboxError
+from sandbox._runtime.base import CONTAINER_RUN_DIR
+
+INIT_SOCKET = "init.sock"
+MAX_INIT_REPLY = 64 * 1024
+PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
+
+
+class InitUnavailable(SandboxError):
+    """agentbox-init did not answer (container gone, or the sandbox broke it)."""
+
+
+@dataclass(frozen=True)
+class KernelEndpoint:
+    """One kernel generation's connection: fresh HMAC key, fresh socket names."""
+
+    generation: int
+    connection_file: str  # name inside the run dir, e.g. "kernel-3.json"
+    host_info: dict[str, Any]  # for jupyter_client on the host (host socket paths)
+
+    def socket_paths(self, run_dir: Path) -> list[Path]:
+        return [run_dir / f"k{self.generation}-{port}" for port in PORTS.values()]
+
+
+def write_endpoint(run_dir: Path, generation: int, uid: int, gid: int) -> KernelEndpoint:
+    """Write ``kernel-<g>.json`` for the kernel (container paths, 256-bit key)."""
+    key = secrets.token_hex(32)
+    info: dict[str, Any] = {
+        "transport": "ipc",
+        "ip": f"{CONTAINER_RUN_DIR}/k{generation}",
+        "key": key,
+        "signature_scheme": "hmac-sha256",
+        "kernel_name": "agentbox",
+        **PORTS,
+    }
+    name = f"kernel-{generation}.json"
+    path = run_dir / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid)
+    return KernelEndpoint(generation, name, {**info, "ip": str(run_dir / f"k{generation}")})
+
+
+class InitClient:
+    """Requests to agentbox-init. Called by the session for start, kill, signal, watch."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / INIT_SOCKET
+
+    async def request(self, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._exchange(payload)
+        except TimeoutError as exc:
+            raise InitUnavailable(
+                f"agentbox-init did not answer {payload.get('op')!r} within {timeout:.1f}s"
+            ) from exc
+
+    async def _exchange(self, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.path),
+                                                                limit=MAX_INIT_REPLY)
+        except OSError as exc:
+            raise InitUnavailable(f"cannot reach agentbox-init: {exc}") from exc
+        try:
+            writer.write(json.dumps(payload).encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+        except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
+            raise InitUnavailable(f"agentbox-init connection failed: {exc}") from exc
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        if not line:
+            raise InitUnavailable("agentbox-init closed the connection without answering")
+        try:
+            reply = json.loads(line)
+        except ValueError as exc:
+            raise InitUnavailable("agentbox-init answered with invalid JSON") from exc
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+            raise InitUnavailable("agentbox-init answered with an unexpected shape")
+        return reply
+
+    async def wait_exit(self, generation: int) -> dict[str, Any] | None:
+        """Block until kernel *generation* exits; its exit info, or None if init went away."""
+        try:
+            reply = await self._exchange({"op": "wait", "generation": generation})
+        except InitUnavailable:
+            return None
+        exit_info = reply.get("exit")
+        return exit_info if reply.get("ok") and isinstance(exit_info, dict) else None
+
+    async def wait_ready(self, deadline: float) -> None:
+        while True:
+            if self.path.exists():
+                try:
+                    await self.request({"op": "ping"}, timeout=max(0.1, deadline - time.monotonic()))
+                    return
+                except InitUnavailable:
+                    pass
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded("agentbox-init did not come up before the start deadline")
+            await asyncio.sleep(0.01)
+
+
+class KernelConnection:
+    """jupyter_client's async client for one kernel generation, with routed replies."""
+
+    def __init__(self, endpoint: KernelEndpoint, *, max_message_bytes: int) -> None:
+        self.endpoint = endpoint
+        self.context = zmq.asyncio.Context()
+        # ZMQ drops (unread) any message larger than this: a 100 MB display cannot
+        # make the host allocate 100 MB.
+        self.context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.client = AsyncKernelClient(context=self.context)
+        self.client.load_connection_info(endpoint.host_info)
+        self._routes: dict[str, asyncio.Queue[tuple[str, dict[str, Any]]]] = {}
+        self._pumps: list[asyncio.Task[None]] = []
+        self.unrouted = 0
+        self.rejected = 0
+        self.kernel_info: dict[str, Any] = {}
+
+    async def connect(self, run_dir: Path, deadline: float, alive: Any = None) -> None:
+        """Wait for the kernel's sockets, connect, and see IOPub working; by *deadline*.
+
+        *alive* is an async callable returning False when the container or kernel
+        is known dead, so a kernel that crashes at start fails fast.
+        """
+        paths = self.endpoint.socket_paths(run_dir)
+        next_check = time.monotonic() + 0.5
+        while not all(p.exists() for p in paths):
+            now = time.monotonic()
+            if now >= deadline:
+                raise DeadlineExceeded("the kernel did not bind its sockets before the deadline")
+            if alive is not None and now >= next_check:
+                next_check = now + 0.5
+                if not await alive():
+                    raise SandboxError("the kernel exited while starting")
+            await asyncio.sleep(0.005)
+        self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        self._pumps = [asyncio.create_task(self._pump("iopub")),
+                       asyncio.create_task(self._pump("shell")),
+                       asyncio.create_task(self._pump("control"))]
+        # kernel_info until its status messages arrive on IOPub too: a SUB socket
+        # misses what is published before its subscription lands.
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded("the kernel did not answer kernel_info before the deadline")
+            msg_id = self.client.kernel_info()
+            queue = self.route(msg_id)
+            got_reply = got_iopub = False
+            try:
+                async with asyncio.timeout(min(remaining, 0.25)):
+                    while not (got_reply and got_iopub):
+                        channel, msg = await queue.get()
+                        if channel == "shell":
+                            got_reply = True
+                            content = msg.get("content")
+                            self.kernel_info = content if isinstance(content, dict) else {}
+                        elif channel == "iopub":
+                            got_iopub = True
+            except TimeoutError:
+                continue
+            finally:
+                self.release(msg_id)
+            return
+
+    def route(self, msg_id: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._routes[msg_id] = queue
+        return queue
+
+    def release(self, msg_id: str) -> None:
+        self._routes.pop(msg_id, None)
+
+    def execute(self, code: str) -> tuple[str, asyncio.Queue[tuple[str, dict[str, Any]]]]:
+        """Send an execute_request (no stdin: ``input()`` fails at once); route its replies."""
+        msg = self.client.session.msg("execute_request", {
+            "code": code, "silent": False, "store_history": True,
+            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True,
+        })
+        msg_id: str = msg["header"]["msg_id"]
+        queue = self.route(msg_id)
+        self.client.shell_channel.send(msg)
+        return msg_id, queue
+
+    def post(self, msg_id: str, channel: str, payload: dict[str, Any]) -> None:
+        """Inject an event (e.g. a kernel death) into an execution's queue."""
+        queue = self._routes.get(msg_id)
+        if queue is not None:
+            queue.put_nowait((channel, payload))
+
+    async def _pump(self, channel: str) -> None:
+        getter = {"iopub": self.client.get_iopub_msg, "shell": self.client.get_shell_msg,
+                  "control": self.client.get_control_msg}[channel]
+        while True:
+            try:
+                msg = await getter()
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError:
+                return  # socket or context closed
+            except Exception:  # bad signature, bad JSON, bad shape: the sandbox's doing
+                self.rejected += 1
+                continue
+            parent = msg.get("parent_header") if isinstance(msg, dict) else None
+            parent_id = parent.get("msg_id") if isinstance(parent, dict) else None
+            queue = self._routes.get(parent_id) if isinstance(parent_id, str) else None
+            if queue is None:
+                self.unrouted += 1
+                continue
+            queue.put_nowait((channel, msg))
+
+    async def close(self) -> None:
+        for task in self._pumps:
+            task.cancel()
+        for task in self._pumps:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._pumps = []
+        with contextlib.suppress(Exception):
+            self.client.stop_channels()
+        self.context.destroy(linger=0)

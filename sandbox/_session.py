@@ -1,0 +1,608 @@
+"""A session: one hardened container, one IPython kernel in it, driven over ZMQ.
+
+Lifecycle (``session.state``)::
+
+    new ──start──▶ starting ──▶ ready ◀──▶ busy
+                      │           │  ▲        │ kernel exits / container dies
+                      ▼           ▼  └─recover┘──────▶ dead
+                    closed ◀───close (from any state; idempotent)
+
+Executions run one at a time: a second ``execute`` on the same session waits
+for its turn (first come, first served); pass ``wait=False`` to get
+:class:`SessionBusyError` at once instead.
+
+A cell over its time limit is ended in escalating steps, and the result says
+which one did it (:class:`TimeoutInfo`): SIGINT to the kernel; after
+``interrupt_grace_s``, kill every process in the container and start a fresh
+kernel (variables lost, files kept); if the container's init does not answer,
+replace the container (files lost too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from sandbox._config import SandboxConfig, default_base_dir
+from sandbox._exceptions import (
+    ConfigError,
+    DeadlineExceeded,
+    SandboxError,
+    SessionBusyError,
+    SessionClosedError,
+    SessionLostError,
+    SessionStartError,
+)
+from sandbox._files import FileOps
+from sandbox._kernel import InitClient, InitUnavailable, KernelConnection, write_endpoint
+from sandbox._models import ExecutionResult, FileInfo, KernelDeath, SessionInfo, TimeoutInfo
+from sandbox._outputs import Event, OutputAssembler
+from sandbox._runtime.base import (
+    LABEL_APP,
+    LABEL_OWNER_PID,
+    LABEL_RUN_DIR,
+    LABEL_SESSION,
+    ContainerSpec,
+    Runtime,
+)
+
+log = logging.getLogger("sandbox.session")
+
+IOPUB_GRACE_S = 1.0  # after the execute_reply, how long the IOPub 'idle' may lag
+DEATH_CONFIRM_S = 1.5  # how long to watch for the engine to report a container's exit
+
+
+class SessionState(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    DEAD = "dead"
+    CLOSED = "closed"
+
+
+def death_from_exit(info: dict[str, Any], memory_mb: int) -> KernelDeath:
+    """Turn agentbox-init's exit report (untrusted JSON) into a KernelDeath."""
+    code = info.get("exit_code")
+    sig = info.get("signal")
+    code = code if isinstance(code, int) else None
+    sig = sig if isinstance(sig, int) else None
+    oom = info.get("oom_killed") is True
+    if oom:
+        reason = f"out of memory: the kernel was killed for exceeding the {memory_mb} MiB limit"
+    elif sig is not None:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        reason = f"the kernel was killed by {name}"
+    elif code is not None:
+        reason = f"the kernel exited with code {code}"
+    else:
+        reason = "the kernel stopped"
+    return KernelDeath(reason=reason, exit_code=code, signal=sig, oom_killed=oom)
+
+
+class AsyncSession:
+    """One sandbox. Create with ``async with AsyncSession() as s:`` or ``await s.start()``."""
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        runtime: Runtime | None = None,
+        session_id: str | None = None,
+        run_root: Path | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        from sandbox._image import image_tag
+
+        self.config = config or SandboxConfig()
+        if runtime is None:
+            from sandbox._runtime.docker import DockerRuntime
+
+            runtime = DockerRuntime()
+        self.runtime = runtime
+        self.id = session_id or f"s-{secrets.token_hex(6)}"
+        self.image = self.config.image or image_tag()
+        self.run_dir = Path(run_root or default_base_dir()) / self.id
+        self.labels = {**(labels or {}), LABEL_APP: "agentbox", LABEL_SESSION: self.id,
+                       LABEL_RUN_DIR: str(self.run_dir), LABEL_OWNER_PID: str(os.getpid())}
+        self.created_at = time.time()
+        self.last_used = time.monotonic()
+        self.started_monotonic = time.monotonic()
+        self.phases: dict[str, float] = {}
+        self.from_pool = False
+        self.executions = 0
+
+        self._state = SessionState.NEW
+        self._exec_lock = asyncio.Lock()
+        self._life_lock = asyncio.Lock()
+        self._container_id: str | None = None
+        self._kernel: KernelConnection | None = None
+        self._init = InitClient(self.run_dir)
+        self._generation = 0  # ours: names the connection file and sockets
+        self._init_generation = 0  # agentbox-init's count of kernels started
+        self._watch_task: asyncio.Task[None] | None = None
+        self._death: KernelDeath | None = None
+        self._container_suspect = False
+        self._active_msg: str | None = None
+        self._files = FileOps(self.runtime, self.config.user)
+
+    # -- properties ----------------------------------------------------------------
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def container_id(self) -> str | None:
+        return self._container_id
+
+    @property
+    def death(self) -> KernelDeath | None:
+        """Why the kernel died, while the session is ``dead``."""
+        return self._death
+
+    @property
+    def info(self) -> SessionInfo:
+        return SessionInfo(id=self.id, container_id=self._container_id or "", image=self.image,
+                           runtime=self.config.runtime, created_at=self.created_at,
+                           from_pool=self.from_pool, phases=dict(self.phases))
+
+    def __repr__(self) -> str:
+        return f"<AsyncSession {self.id} {self._state.value}>"
+
+    def _check_open(self) -> None:
+        if self._state is SessionState.CLOSED:
+            raise SessionClosedError(self.id)
+        if self._state in (SessionState.NEW, SessionState.STARTING):
+            raise SandboxError(f"session {self.id} is not started; call start() first")
+
+    # -- start -----------------------------------------------------------------------
+    async def __aenter__(self) -> AsyncSession:
+        if self._state is SessionState.NEW:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> AsyncSession:
+        """Start the container and wait for its kernel. Cleans up fully on failure."""
+        async with self._life_lock:
+            if self._state is not SessionState.NEW:
+                raise SandboxError(f"session {self.id} was already started")
+            self._state = SessionState.STARTING
+            t0 = time.monotonic()
+            try:
+                await self._launch_container(deadline=t0 + self.config.start_timeout_s)
+            except BaseException as exc:
+                await self._teardown()
+                self._state = SessionState.CLOSED
+                if isinstance(exc, SandboxError | asyncio.CancelledError | KeyboardInterrupt):
+                    if isinstance(exc, DeadlineExceeded):
+                        raise SessionStartError(f"session {self.id} did not start: {exc}",
+                                                session_id=self.id) from exc
+                    raise
+                raise SessionStartError(f"session {self.id} did not start: {exc}",
+                                        session_id=self.id) from exc
+            self.phases["total"] = time.monotonic() - t0
+            self.started_monotonic = self.last_used = time.monotonic()
+            self._state = SessionState.READY
+        return self
+
+    def _make_run_dir(self) -> None:
+        root = self.run_dir.parent
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            # Only the kernel's uid (and root on the host) may use the sockets.
+            os.chown(self.run_dir, self.config.uid, self.config.gid)
+
+    async def _launch_container(self, deadline: float) -> None:
+        t0 = time.monotonic()
+        if not self.run_dir.exists():
+            self._make_run_dir()
+        self._generation += 1
+        endpoint = write_endpoint(self.run_dir, self._generation, self.config.uid,
+                                  self.config.gid)
+        spec = ContainerSpec(
+            name=f"agentbox-{self.id}-{self._generation}", image=self.image, config=self.config,
+            run_dir=self.run_dir,
+            env={**self.config.env, "AGENTBOX_AUTOSTART": endpoint.connection_file},
+            labels=self.labels,
+        )
+        self._container_id = await self.runtime.start(spec)
+        self._container_suspect = False
+        t1 = time.monotonic()
+        self.phases["container_start"] = t1 - t0
+        self._init_generation = 1
+        await self._connect(endpoint, deadline)
+        self.phases["kernel_ready"] = time.monotonic() - t1
+
+    async def _connect(self, endpoint: Any, deadline: float) -> None:
+        kernel = KernelConnection(endpoint, max_message_bytes=self.config.max_message_bytes)
+        try:
+            await kernel.connect(self.run_dir, deadline, alive=self._container_running)
+        except BaseException:
+            await kernel.close()
+            raise
+        self._kernel = kernel
+        self._death = None
+        self._watch_task = asyncio.create_task(self._watch(self._init_generation))
+
+    async def _container_running(self) -> bool:
+        if self._container_id is None:
+            return False
+        try:
+            return (await self.runtime.state(self._container_id)).running
+        except SandboxError:
+            return True  # the engine hiccuped: let the deadline decide
+
+    # -- death watch -------------------------------------------------------------------
+    async def _watch(self, init_generation: int) -> None:
+        """Waits on agentbox-init for this kernel's exit; runs for the kernel's lifetime."""
+        info = await self._init.wait_exit(init_generation)
+        if self._state is SessionState.CLOSED:
+            return
+        if info is not None:
+            death = death_from_exit(info, self.config.memory_mb)
+        else:
+            death = await self._diagnose_lost_init()
+        self._death = death
+        self._state = SessionState.DEAD
+        log.info("session %s: %s", self.id, death.reason)
+        if self._active_msg is not None and self._kernel is not None:
+            self._kernel.post(self._active_msg, "died", {})
+
+    async def _diagnose_lost_init(self) -> KernelDeath:
+        """init's connection broke: find out whether the container is gone."""
+        end = time.monotonic() + DEATH_CONFIRM_S
+        while True:
+            try:
+                state = await self.runtime.state(self._container_id or "")
+            except SandboxError as exc:
+                self._container_suspect = True
+                return KernelDeath(reason=f"lost contact with the container ({exc})",
+                                   container_gone=True)
+            if not state.running:
+                self._container_suspect = True
+                if not state.exists:
+                    return KernelDeath(reason="the container was removed", container_gone=True)
+                reason = ("out of memory: the container was killed" if state.oom_killed
+                          else f"the container stopped (exit code {state.exit_code})")
+                return KernelDeath(reason=reason, exit_code=state.exit_code,
+                                   oom_killed=state.oom_killed, container_gone=True)
+            if time.monotonic() >= end:
+                self._container_suspect = True
+                return KernelDeath(reason="lost contact with the container's init process",
+                                   container_gone=False)
+            await asyncio.sleep(0.05)
+
+    # -- kernel replacement -------------------------------------------------------------
+    async def _drop_kernel(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None:
+            await kernel.close()
+
+    def _remove_generation_files(self, generation: int) -> None:
+        for path in (self.run_dir / f"kernel-{generation}.json",
+                     *[self.run_dir / f"k{generation}-{n}" for n in range(1, 6)]):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    async def _restart_kernel(self) -> bool:
+        """Kill everything in the container, start a fresh kernel. True if the container
+        had to be replaced (files lost). Raises SessionLostError if that failed too."""
+        old = self._generation
+        await self._drop_kernel()
+        try:
+            if self._container_suspect:
+                raise InitUnavailable("the container is not trustworthy any more")
+            killed = await self._init.request({"op": "kill"}, timeout=5.0)
+            if not killed.get("ok"):
+                raise InitUnavailable(f"kill refused: {killed.get('error')}")
+            self._remove_generation_files(old)
+            self._generation += 1
+            endpoint = write_endpoint(self.run_dir, self._generation, self.config.uid,
+                                      self.config.gid)
+            started = await self._init.request(
+                {"op": "start", "connection_file": endpoint.connection_file}, timeout=5.0)
+            gen = started.get("generation")
+            if not started.get("ok") or not isinstance(gen, int):
+                raise InitUnavailable(f"start refused: {started.get('error')}")
+            self._init_generation = gen
+            await self._connect(endpoint, time.monotonic() + self.config.start_timeout_s)
+            return False
+        except (InitUnavailable, DeadlineExceeded, SandboxError) as exc:
+            log.warning("session %s: restart in place failed (%s); replacing the container",
+                        self.id, exc)
+            await self._replace_container()
+            return True
+
+    async def _replace_container(self) -> None:
+        await self._drop_kernel()
+        old = self._container_id
+        try:
+            if old is not None:
+                await self.runtime.remove(old)
+            self._container_id = None
+            for child in self.run_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    child.unlink()
+            await self._launch_container(time.monotonic() + self.config.start_timeout_s)
+        except SandboxError as exc:
+            self._state = SessionState.DEAD
+            self._container_suspect = True
+            raise SessionLostError(f"session {self.id}: the container could not be replaced: "
+                                   f"{exc}", session_id=self.id) from exc
+
+    async def _recover(self, notes: list[str]) -> None:
+        """Before running a cell on a dead session: a fresh kernel (or container)."""
+        death = self._death
+        if death is not None and (death.container_gone or self._container_suspect):
+            await self._replace_container()
+            notes.append(f"the previous container was lost ({death.reason}); a new container "
+                         "was started: variables and files from before are gone")
+        else:
+            replaced = await self._restart_kernel()
+            what = "container" if replaced else "kernel"
+            reason = death.reason if death else "unknown"
+            notes.append(f"the previous kernel died ({reason}); a fresh {what} was started: "
+                         "variables from earlier cells are gone"
+                         + (", and files too" if replaced else ""))
+        self._state = SessionState.READY
+
+    async def restart(self) -> None:
+        """Start a fresh kernel in the same container (files kept, variables lost).
+
+        A running execution ends with status ``died``. Falls back to replacing the
+        container when the kernel cannot be restarted in place.
+        """
+        self._check_open()
+        async with self._life_lock:
+            self._check_open()
+            active = self._active_msg
+            kernel = self._kernel
+            if active is not None and kernel is not None:
+                self._death = KernelDeath(reason="restarted by the caller")
+                kernel.post(active, "died", {})
+            await self._restart_kernel()
+            if self._state is not SessionState.CLOSED:
+                self._state = SessionState.BUSY if self._exec_lock.locked() else SessionState.READY
+
+    async def interrupt(self) -> None:
+        """Send SIGINT to the kernel (KeyboardInterrupt in the running cell)."""
+        self._check_open()
+        await self._send_interrupt()
+
+    async def _send_interrupt(self) -> None:
+        try:
+            reply = await self._init.request({"op": "signal", "signum": int(signal.SIGINT)},
+                                             timeout=2.0)
+            if reply.get("ok"):
+                return
+        except InitUnavailable:
+            pass
+        if self._container_id is not None:
+            with contextlib.suppress(SandboxError):
+                await self.runtime.signal(self._container_id, int(signal.SIGINT))
+
+    # -- execution ------------------------------------------------------------------------
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        wait: bool = True,
+        on_output: Callable[[Event], Any] | None = None,
+    ) -> ExecutionResult:
+        """Run *code*; return its result. *on_output* sees each output as it arrives."""
+        async with contextlib.aclosing(self.stream(code, timeout=timeout, wait=wait)) as events:
+            async for event in events:
+                if isinstance(event, ExecutionResult):
+                    return event
+                if on_output is not None:
+                    outcome = on_output(event)
+                    if asyncio.iscoroutine(outcome):
+                        await outcome
+        raise SandboxError("execution ended without a result")  # pragma: no cover
+
+    async def stream(
+        self, code: str, *, timeout: float | None = None, wait: bool = True
+    ) -> AsyncIterator[Event | ExecutionResult]:
+        """Run *code*, yielding each output the moment the kernel publishes it, then the
+        :class:`ExecutionResult`. Closing the iterator early interrupts the cell."""
+        if not isinstance(code, str):
+            raise ConfigError("code must be a string")
+        limit = self.config.execution_timeout_s if timeout is None else timeout
+        if not isinstance(limit, int | float) or limit <= 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self._check_open()
+        if not wait and self._exec_lock.locked():
+            raise SessionBusyError(self.id)
+        async with self._exec_lock:
+            self._check_open()
+            async for item in self._run(code, float(limit)):
+                yield item
+
+    async def _run(self, code: str, limit: float) -> AsyncIterator[Event | ExecutionResult]:
+        t_start = time.monotonic()
+        notes: list[str] = []
+        restarted = False
+        if self._state is SessionState.DEAD:
+            async with self._life_lock:
+                if self._state is SessionState.DEAD:
+                    await self._recover(notes)
+                    restarted = True
+        kernel = self._kernel
+        if kernel is None:
+            raise SessionLostError(f"session {self.id} has no kernel", session_id=self.id)
+        self._state = SessionState.BUSY
+        self.executions += 1
+        msg_id, queue = kernel.execute(code)
+        self._active_msg = msg_id
+        assembler = OutputAssembler(self.config.max_output_bytes)
+        reply: dict[str, Any] | None = None
+        died = False
+        timeout_info: TimeoutInfo | None = None
+        interrupting = False
+        deadline = time.monotonic() + limit
+        idle_deadline: float | None = None
+        finished = False
+        try:
+            while not (reply is not None and assembler.idle):
+                until = deadline if idle_deadline is None else min(deadline, idle_deadline)
+                try:
+                    async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                        channel, msg = await queue.get()
+                except TimeoutError:
+                    if reply is not None:
+                        notes.append("the kernel's final 'idle' status did not arrive; "
+                                     "output may be incomplete")
+                        break
+                    if not interrupting:
+                        interrupting = True
+                        await self._send_interrupt()
+                        deadline = time.monotonic() + self.config.interrupt_grace_s
+                        continue
+                    async with self._life_lock:
+                        replaced = await self._restart_kernel()
+                    timeout_info = TimeoutInfo(limit_s=limit,
+                                               ended_by="replace" if replaced else "restart",
+                                               state_lost=True, files_lost=replaced)
+                    break
+                if channel == "iopub":
+                    for event in assembler.feed(msg):
+                        yield event
+                elif channel == "shell":
+                    header = msg.get("header")
+                    if isinstance(header, dict) and header.get("msg_type") == "execute_reply":
+                        reply = msg
+                        idle_deadline = time.monotonic() + IOPUB_GRACE_S
+                elif channel == "died":
+                    died = True
+                    break
+            if interrupting and timeout_info is None and not died:
+                timeout_info = TimeoutInfo(limit_s=limit, ended_by="interrupt", state_lost=False)
+            finished = True
+        finally:
+            kernel.release(msg_id)
+            self._active_msg = None
+            self.last_used = time.monotonic()
+            if self._state is SessionState.BUSY:
+                self._state = SessionState.READY
+            if not finished and reply is None and not died and self._state is not \
+                    SessionState.CLOSED:
+                # The caller went away mid-cell: do not leave the kernel busy.
+                await self._send_interrupt()
+        yield self._result(reply, assembler, died, timeout_info, restarted, notes,
+                           time.monotonic() - t_start)
+
+    def _result(self, reply: dict[str, Any] | None, assembler: OutputAssembler, died: bool,
+                timeout_info: TimeoutInfo | None, restarted: bool, notes: list[str],
+                duration: float) -> ExecutionResult:
+        outputs = assembler.finish()
+        notes = notes + assembler.notes
+        content = reply.get("content") if reply else None
+        content = content if isinstance(content, dict) else {}
+        count = content.get("execution_count")
+        count = count if isinstance(count, int) else assembler.execution_count
+        death = None
+        if died:
+            status = "died"
+            death = self._death or KernelDeath(reason="the kernel stopped")
+        elif timeout_info is not None:
+            status = "timeout"
+            notes.append(self._timeout_note(timeout_info))
+        elif content.get("status") == "ok":
+            status = "ok"
+        else:
+            status = "error"
+            if content.get("status") == "aborted":
+                notes.append("the kernel aborted this execution")
+        return ExecutionResult(status=status, execution_count=count, outputs=outputs,  # type: ignore[arg-type]
+                               duration_s=duration, truncated=assembler.truncated,
+                               timeout=timeout_info, death=death, kernel_restarted=restarted,
+                               notes=notes)
+
+    @staticmethod
+    def _timeout_note(info: TimeoutInfo) -> str:
+        base = f"execution exceeded its {info.limit_s:g}s limit"
+        if info.ended_by == "interrupt":
+            return base + "; it was interrupted (KeyboardInterrupt); kernel state is kept"
+        if info.ended_by == "restart":
+            return base + "; it ignored the interrupt, so the kernel was restarted: " \
+                          "variables are gone, files are kept"
+        return base + "; the container did not answer, so it was replaced: variables and " \
+                      "files are gone"
+
+    # -- files ---------------------------------------------------------------------------
+    def _container_for_files(self) -> str:
+        self._check_open()
+        if self._container_id is None or self._container_suspect:
+            raise SessionLostError(f"session {self.id} has no running container; run a cell "
+                                   "or restart to get a new one", session_id=self.id)
+        return self._container_id
+
+    async def upload(self, path: str, data: bytes | str) -> None:
+        """Write *data* to *path* in the working directory (parents created)."""
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        await self._files.write(self._container_for_files(), path, payload,
+                                self.config.max_upload_bytes)
+        self.last_used = time.monotonic()
+
+    async def download(self, path: str) -> bytes:
+        """The bytes of the regular file *path* (symlinks are refused)."""
+        data = await self._files.read(self._container_for_files(), path,
+                                      self.config.max_download_bytes)
+        self.last_used = time.monotonic()
+        return data
+
+    async def list_files(self, path: str = "") -> list[FileInfo]:
+        """Files and directories under *path* (recursive), symlinks not followed."""
+        return await self._files.list(self._container_for_files(), path)
+
+    async def delete_file(self, path: str) -> None:
+        """Remove a file, symlink or directory tree under the working directory."""
+        await self._files.delete(self._container_for_files(), path)
+
+    # -- close ---------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Remove the container and every host-side file of the session. Idempotent."""
+        if self._state is SessionState.CLOSED:
+            return
+        async with self._life_lock:
+            if self._state is SessionState.CLOSED:
+                return
+            self._state = SessionState.CLOSED
+            if self._active_msg is not None and self._kernel is not None:
+                self._death = KernelDeath(reason="the session was closed")
+                self._kernel.post(self._active_msg, "died", {})
+            await self._teardown()
+
+    async def _teardown(self) -> None:
+        await self._drop_kernel()
+        container, self._container_id = self._container_id, None
+        if container is not None:
+            try:
+                await self.runtime.remove(container)
+            except SandboxError as exc:
+                log.warning("session %s: container %s not removed (%s); the reaper will "
+                            "retry", self.id, container[:12], exc)
+        shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -1,0 +1,158 @@
+"""The ``agentbox`` command.
+
+    agentbox image build [--base-image IMG] [--force]   build the kernel image (cached by hash)
+    agentbox image tag                                  print the tag sessions will use
+    agentbox doctor [--json]                            can this machine run sandboxes?
+    agentbox demo [--out FILE]                          a pandas + matplotlib analysis, cell by cell
+    agentbox gc                                         remove containers/dirs left by dead managers
+
+Every failure prints one line saying what failed and what to do, and exits
+non-zero; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+
+from sandbox._exceptions import SandboxError
+
+console = Console(stderr=True, highlight=False)
+
+
+class RichProgress:
+    """Shows build steps as they start and finish, with the last log line live."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
+        self._status: object | None = None
+        self._step = ""
+
+    def step(self, name: str, description: str) -> None:
+        self._stop()
+        self._step = name
+        status = console.status(f"[bold]{name}[/]: {description}")
+        status.start()
+        self._status = status
+
+    def log(self, line: str) -> None:
+        if self.verbose:
+            console.print(f"  {line}", style="dim", markup=False)
+        elif self._status is not None:
+            text = line if len(line) < 100 else line[:97] + "..."
+            self._status.update(f"[bold]{self._step}[/]: [dim]{_escape(text)}[/]")  # type: ignore[attr-defined]
+
+    def done(self, name: str, detail: str) -> None:
+        self._stop()
+        console.print(f"[green]✓[/] [bold]{name}[/]: {_escape(detail)}")
+
+    def _stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()  # type: ignore[attr-defined]
+            self._status = None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _cmd_image_build(args: argparse.Namespace) -> int:
+    from sandbox._image import build_image
+
+    progress = RichProgress(verbose=args.verbose)
+    try:
+        tag = build_image(base_image=args.base_image, force=args.force, progress=progress)
+    finally:
+        progress._stop()
+    print(tag)
+    return 0
+
+
+def _cmd_image_tag(args: argparse.Namespace) -> int:
+    from sandbox._image import image_tag
+
+    print(image_tag(args.base_image))
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from sandbox._doctor import render, run_checks
+
+    report = run_checks(runtime_check=not args.quick)
+    if args.json:
+        import json
+
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        render(report, Console())
+    return 0 if report.ok else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sandbox._demo import run_demo
+
+    return run_demo(out=args.out)
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from sandbox._manager import collect_garbage
+
+    removed = collect_garbage(all_instances=True)
+    console.print(
+        f"removed {removed.containers} container(s) and {removed.directories} directory(ies)"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentbox", description="Agent Box: hardened Jupyter sandboxes.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    image = sub.add_parser("image", help="the kernel image").add_subparsers(dest="image_cmd", required=True)
+    build = image.add_parser("build", help="build the kernel image (skipped when current)")
+    build.add_argument("--base-image", help="base image (default: $AGENTBOX_BASE_IMAGE or python:3.12-slim)")
+    build.add_argument("--force", action="store_true", help="rebuild even when current")
+    build.add_argument("-v", "--verbose", action="store_true", help="print the full build log")
+    build.set_defaults(func=_cmd_image_build)
+    tag = image.add_parser("tag", help="print the tag the current sources build to")
+    tag.add_argument("--base-image")
+    tag.set_defaults(func=_cmd_image_tag)
+
+    doctor = sub.add_parser("doctor", help="check that this machine can run sandboxes")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--quick", action="store_true", help="skip starting a test container")
+    doctor.set_defaults(func=_cmd_doctor)
+
+    demo = sub.add_parser("demo", help="run a pandas + matplotlib analysis in a fresh sandbox")
+    demo.add_argument("--out", default="out/demo.ipynb", help="where to write the executed notebook")
+    demo.set_defaults(func=_cmd_demo)
+
+    gc = sub.add_parser("gc", help="remove containers and directories left by dead managers")
+    gc.set_defaults(func=_cmd_gc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except SandboxError as exc:
+        if args.debug:
+            raise
+        console.print(f"[bold red]error:[/] {_escape(str(exc))}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
