@@ -26,6 +26,19 @@ _RESERVED_ENV = {"HOME", "PATH", "IPYTHONDIR", "MPLCONFIGDIR", "MPLBACKEND",
 MiB = 1024 * 1024
 
 
+class FrozenEnv(dict[str, str]):
+    """A dict that refuses changes: a validated environment stays validated."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("SandboxConfig.env is read-only; use config.with_(env=...)")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+
 class SandboxConfig(BaseModel):
     """How one session's container and kernel are set up. Immutable."""
 
@@ -80,7 +93,7 @@ class SandboxConfig(BaseModel):
                 raise ValueError(f"environment variable {name} is set by the sandbox itself")
             if "\0" in value:
                 raise ValueError(f"environment variable {name} contains a NUL byte")
-        return env
+        return FrozenEnv(env)
 
     @field_validator("network")
     @classmethod
@@ -92,7 +105,7 @@ class SandboxConfig(BaseModel):
 
     def with_(self, **changes: object) -> SandboxConfig:
         """A copy with *changes* applied and validated (ConfigError when invalid)."""
-        return make_config(self.model_dump() | changes)
+        return make_config({**self.model_dump(), "env": dict(self.env)} | changes)
 
     @property
     def uid(self) -> int:

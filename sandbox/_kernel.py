@@ -149,7 +149,7 @@ class KernelConnection:
         # make the host allocate 100 MB.
         self.context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.client = AsyncKernelClient(context=self.context)
-        self.client.load_connection_info(endpoint.host_info)
+        self.client.load_connection_info(endpoint.host_info)  # type: ignore[arg-type]
         self._routes: dict[str, asyncio.Queue[tuple[str, dict[str, Any]]]] = {}
         self._pumps: list[asyncio.Task[None]] = []
         self.unrouted = 0

@@ -57,11 +57,34 @@ class DisplayUpdate:
 Event = Output | ClearOutput | DisplayUpdate
 
 
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def _bundle_size(data: dict[str, Any]) -> int:
     size = 0
     for key, value in data.items():
-        size += len(key) + (len(value) if isinstance(value, str) else len(json.dumps(value)))
+        size += len(key) + (_utf8_len(value) if isinstance(value, str)
+                            else len(json.dumps(value)))
     return size
+
+
+def output_size(output: Output) -> int:
+    """Bytes an output holds (UTF-8), as the caps count them."""
+    if isinstance(output, StreamOutput):
+        return _utf8_len(output.text)
+    if isinstance(output, ErrorOutput):
+        return sum(_utf8_len(x) for x in output.traceback) + _utf8_len(output.evalue)
+    return _bundle_size(output.data) + _bundle_size(output.metadata)
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    """The longest prefix of *text* whose UTF-8 form fits in *limit* bytes."""
+    if limit <= 0:
+        return ""
+    if text.isascii():
+        return text[:limit]
+    return text.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
 
 
 def human_bytes(n: int) -> str:
@@ -74,7 +97,13 @@ def human_bytes(n: int) -> str:
 
 @dataclass
 class OutputAssembler:
-    """Folds one execution's IOPub messages into outputs. Not thread-safe; one per cell."""
+    """Folds one execution's IOPub messages into outputs. Not thread-safe; one per cell.
+
+    ``max_bytes`` caps what is kept, in UTF-8 bytes, twice over: once for stream
+    text and once for rich outputs (displays, results, errors), so that a flood
+    of prints can never push out the cell's value or its plot. Output removed by
+    ``clear_output`` or replaced by an update gives its bytes back.
+    """
 
     max_bytes: int
     outputs: list[Output] = field(default_factory=list)
@@ -82,7 +111,8 @@ class OutputAssembler:
     idle: bool = False
     truncated: bool = False
     notes: list[str] = field(default_factory=list)
-    kept_bytes: int = 0
+    stream_bytes: int = 0
+    rich_bytes: int = 0
     dropped_bytes: int = 0
     malformed: int = 0
     _clear_pending: bool = False
@@ -128,7 +158,19 @@ class OutputAssembler:
         return []  # comm messages, debug events...: not outputs
 
     # -- kinds ---------------------------------------------------------------------
+    @property
+    def kept_bytes(self) -> int:
+        return self.stream_bytes + self.rich_bytes
+
+    def _release(self, output: Output) -> None:
+        if isinstance(output, StreamOutput):
+            self.stream_bytes -= output_size(output)
+        else:
+            self.rich_bytes -= output_size(output)
+
     def _clear(self) -> None:
+        for output in self.outputs:
+            self._release(output)
         self.outputs.clear()
         self._clear_pending = False
 
@@ -141,15 +183,16 @@ class OutputAssembler:
         if name not in ("stdout", "stderr") or not isinstance(text, str):
             raise ValueError("bad stream message")
         self._before_output()
-        room = self.max_bytes - self.kept_bytes
-        size = len(text)
+        room = self.max_bytes - self.stream_bytes
+        size = _utf8_len(text)
         if size > room:
-            self._mark_dropped(size - max(room, 0))
-            self._stream_dropped[name] = self._stream_dropped.get(name, 0) + size - max(room, 0)
-            text = text[: max(room, 0)]
+            text = _cut_utf8(text, room)
+            lost = size - _utf8_len(text)
+            self._mark_dropped(lost)
+            self._stream_dropped[name] = self._stream_dropped.get(name, 0) + lost
             if not text:
                 return []
-        self.kept_bytes += len(text)
+        self.stream_bytes += _utf8_len(text)
         chunk = StreamOutput(name=name, text=text)
         last = self.outputs[-1] if self.outputs else None
         if isinstance(last, StreamOutput) and last.name == name:
@@ -167,21 +210,25 @@ class OutputAssembler:
             raise TypeError("MIME keys must be strings")
         return data, metadata
 
-    def _admit(self, data: dict[str, Any], metadata: dict[str, Any]
+    def _admit(self, data: dict[str, Any], metadata: dict[str, Any], freed: int = 0
                ) -> tuple[dict[str, Any], dict[str, Any]]:
         size = _bundle_size(data) + _bundle_size(metadata)
-        if self.kept_bytes + size <= self.max_bytes:
-            self.kept_bytes += size
+        if self.rich_bytes - freed + size <= self.max_bytes:
+            self.rich_bytes += size
             return data, metadata
         self._mark_dropped(size)
         mimes = ", ".join(sorted(data)) or "no data"
         note = (f"[display dropped: {human_bytes(size)} ({mimes}) exceeds the "
                 f"{human_bytes(self.max_bytes)} output limit of this execution]")
-        return ({"text/plain": note},
-                {"agentbox": {"dropped": True, "bytes": size, "mimetypes": sorted(data)}})
+        placeholder = ({"text/plain": note},
+                       {"agentbox": {"dropped": True, "bytes": size, "mimetypes": sorted(data)}})
+        self.rich_bytes += _bundle_size(placeholder[0]) + _bundle_size(placeholder[1])
+        return placeholder
 
     def _display(self, msg_type: str, content: dict[str, Any]) -> list[Event]:
-        data, metadata = self._admit(*self._bundle(content))
+        bundle = self._bundle(content)
+        self._before_output()
+        data, metadata = self._admit(*bundle)
         transient = content.get("transient") or {}
         display_id = transient.get("display_id") if isinstance(transient, dict) else None
         count = content.get("execution_count") if msg_type == "execute_result" else None
@@ -191,7 +238,6 @@ class OutputAssembler:
             execution_count=count if isinstance(count, int) else None,
             display_id=display_id if isinstance(display_id, str) else None,
         )
-        self._before_output()
         self.outputs.append(out)
         return [out]
 
@@ -200,14 +246,26 @@ class OutputAssembler:
         display_id = transient.get("display_id") if isinstance(transient, dict) else None
         if not isinstance(display_id, str):
             raise ValueError("update_display_data without display_id")
-        data, metadata = self._admit(*self._bundle(content))
+        targets = [i for i, out in enumerate(self.outputs)
+                   if isinstance(out, DisplayOutput) and out.display_id == display_id]
+        if not targets:  # it names a display of an earlier cell: nothing here to update
+            data, metadata = self._bundle(content)
+            return [DisplayUpdate(display_id=display_id, output=DisplayOutput(
+                type="display_data", data=data, metadata=metadata, display_id=display_id))]
+        freed = sum(output_size(self.outputs[i]) for i in targets)
+        data, metadata = self._admit(*self._bundle(content), freed=freed)
+        self.rich_bytes -= freed
+        # Every output showing this display id now shows the new data (counted once
+        # per copy, like the outputs it replaces).
+        self.rich_bytes += (len(targets) - 1) * (_bundle_size(data) + _bundle_size(metadata))
         updated = DisplayOutput(type="display_data", data=data, metadata=metadata,
                                 display_id=display_id)
-        for i, out in enumerate(self.outputs):
-            if isinstance(out, DisplayOutput) and out.display_id == display_id:
-                self.outputs[i] = DisplayOutput(type=out.type, data=data, metadata=metadata,
-                                                execution_count=out.execution_count,
-                                                display_id=display_id)
+        for i in targets:
+            out = self.outputs[i]
+            assert isinstance(out, DisplayOutput)
+            self.outputs[i] = DisplayOutput(type=out.type, data=data, metadata=metadata,
+                                            execution_count=out.execution_count,
+                                            display_id=display_id)
         return [DisplayUpdate(display_id=display_id, output=updated)]
 
     def _error(self, content: dict[str, Any]) -> list[Event]:
@@ -223,14 +281,14 @@ class OutputAssembler:
             lines.append(f"[{len(traceback) - MAX_TRACEBACK_LINES} more traceback lines dropped]")
         out = ErrorOutput(ename=strip_ansi(ename)[:1000], evalue=strip_ansi(evalue)[:10_000],
                           traceback=lines)
-        self.kept_bytes += sum(len(x) for x in lines)
         self._before_output()
+        self.rich_bytes += output_size(out)
         self.outputs.append(out)
         return [out]
 
     def _mark_dropped(self, n: int) -> None:
         self.truncated = True
-        self.dropped_bytes += n
+        self.dropped_bytes += max(n, 0)
 
     def finish(self) -> list[Output]:
         """Close the fold: mark truncated streams in their text and in ``notes``."""
@@ -246,7 +304,8 @@ class OutputAssembler:
         if self.truncated:
             self.notes.append(
                 f"output truncated: {human_bytes(self.dropped_bytes)} beyond the "
-                f"{human_bytes(self.max_bytes)} per-execution limit were not kept"
+                f"{human_bytes(self.max_bytes)} per-execution limit (for stream text, and "
+                f"for rich outputs) were not kept"
             )
         if self.malformed:
             self.notes.append(f"{self.malformed} malformed message(s) from the kernel ignored")

@@ -28,6 +28,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -49,6 +50,7 @@ from sandbox._models import ExecutionResult, FileInfo, KernelDeath, SessionInfo,
 from sandbox._outputs import Event, OutputAssembler
 from sandbox._runtime.base import (
     LABEL_APP,
+    LABEL_HOST,
     LABEL_OWNER_PID,
     LABEL_RUN_DIR,
     LABEL_SESSION,
@@ -117,7 +119,8 @@ class AsyncSession:
         self.image = self.config.image or image_tag()
         self.run_dir = Path(run_root or default_base_dir()) / self.id
         self.labels = {**(labels or {}), LABEL_APP: "agentbox", LABEL_SESSION: self.id,
-                       LABEL_RUN_DIR: str(self.run_dir), LABEL_OWNER_PID: str(os.getpid())}
+                       LABEL_RUN_DIR: str(self.run_dir), LABEL_OWNER_PID: str(os.getpid()),
+                       LABEL_HOST: socket.gethostname()}
         self.created_at = time.time()
         self.last_used = time.monotonic()
         self.started_monotonic = time.monotonic()
@@ -413,7 +416,8 @@ class AsyncSession:
         on_output: Callable[[Event], Any] | None = None,
     ) -> ExecutionResult:
         """Run *code*; return its result. *on_output* sees each output as it arrives."""
-        async with contextlib.aclosing(self.stream(code, timeout=timeout, wait=wait)) as events:
+        stream = self.stream(code, timeout=timeout, wait=wait)
+        async with contextlib.aclosing(stream) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, ExecutionResult):
                     return event
@@ -588,7 +592,7 @@ class AsyncSession:
         if self._state is SessionState.CLOSED:
             return
         async with self._life_lock:
-            if self._state is SessionState.CLOSED:
+            if self.state is SessionState.CLOSED:  # closed while we waited for the lock
                 return
             self._state = SessionState.CLOSED
             if self._active_msg is not None and self._kernel is not None:

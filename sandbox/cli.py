@@ -102,7 +102,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_gc(args: argparse.Namespace) -> int:
     from sandbox._manager import collect_garbage
 
-    removed = collect_garbage(all_instances=True)
+    removed = collect_garbage()
     console.print(
         f"removed {removed.containers} container(s) and {removed.directories} directory(ies)"
     )

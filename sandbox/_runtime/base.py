@@ -24,6 +24,7 @@ LABEL_MANAGER = "org.agentbox.manager"
 LABEL_SESSION = "org.agentbox.session"
 LABEL_RUN_DIR = "org.agentbox.run-dir"
 LABEL_OWNER_PID = "org.agentbox.owner-pid"
+LABEL_HOST = "org.agentbox.host"
 
 
 @dataclass(frozen=True)

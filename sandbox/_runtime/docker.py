@@ -9,6 +9,7 @@ one another or the event loop.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import socket
 import struct
@@ -144,7 +145,8 @@ class DockerRuntime(Runtime):
                 ) from exc
             return str(container.id)
 
-        return await self._call("start container", run)
+        container_id: str = await self._call("start container", run)
+        return container_id
 
     async def state(self, container_id: str) -> ContainerState:
         def run() -> ContainerState:
@@ -187,10 +189,10 @@ class DockerRuntime(Runtime):
 
         await self._call("remove container", run)
 
-    async def list(self, labels: dict[str, str]) -> list[ContainerSummary]:
+    async def list(self, labels: dict[str, str]) -> builtins.list[ContainerSummary]:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
 
-        def run() -> list[ContainerSummary]:
+        def run() -> builtins.list[ContainerSummary]:
             found = self.client.api.containers(all=True, filters=filters)
             return [
                 ContainerSummary(
@@ -200,13 +202,13 @@ class DockerRuntime(Runtime):
                 for c in found
             ]
 
-        result: list[ContainerSummary] = await self._call("list containers", run)
+        result: builtins.list[ContainerSummary] = await self._call("list containers", run)
         return result
 
     async def exec(
         self,
         container_id: str,
-        argv: list[str],
+        argv: builtins.list[str],
         *,
         user: str,
         stdin: bytes | None = None,
@@ -226,7 +228,7 @@ class DockerRuntime(Runtime):
                     raise FileOperationError("the sandbox container is not running") from exc
                 raise
             sock = api.exec_start(exec_id, socket=True)
-            raw: socket.socket = getattr(sock, "_sock", sock)
+            raw: socket.socket = getattr(sock, "_sock", sock)  # type: ignore[arg-type]
             try:
                 raw.settimeout(timeout_s)
                 deadline = time.monotonic() + timeout_s

@@ -1,0 +1,48 @@
+# Agent Box. `make demo` sets everything up and runs the demo; `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup venv engine image demo test lint unit bench doctor gc clean
+
+setup: venv engine image  ## venv, Docker engine, kernel image: each skipped when already there
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+engine:
+	scripts/ensure-docker
+
+image: venv engine
+	$(BIN)/agentbox image build
+
+demo: setup  ## a pandas + matplotlib analysis in a fresh hardened sandbox -> out/demo.ipynb
+	$(BIN)/agentbox demo --out out/demo.ipynb
+
+lint: venv
+	$(BIN)/ruff check sandbox api tests bench kernel_image
+	$(BIN)/mypy
+
+test: setup lint  ## everything, against the real engine
+	$(BIN)/python -m pytest -q
+
+unit: venv  ## pure-logic tests only (no engine)
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: setup
+	$(BIN)/python bench/bench_core.py
+
+doctor: venv
+	$(BIN)/agentbox doctor
+
+gc: venv
+	$(BIN)/agentbox gc
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,168 @@
+"""The synchronous facade, for scripts and notebooks: derived from the async API.
+
+Each :class:`Session` drives its :class:`AsyncSession` on an event loop in a
+background thread (anyio's blocking portal), so the same code path serves
+both; nothing is implemented twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from sandbox._config import SandboxConfig
+from sandbox._models import ExecutionResult, FileInfo, KernelDeath, SessionInfo
+from sandbox._outputs import Event
+from sandbox._session import AsyncSession, SessionState
+
+_END = object()
+
+
+class Session:
+    """A sandbox for synchronous code: ``with Session() as s: s.execute("1 + 1")``."""
+
+    def __init__(self, config: SandboxConfig | None = None, **kwargs: Any) -> None:
+        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self._closed = False
+        try:
+            self._async: AsyncSession = self._portal.call(
+                lambda: _make(config, kwargs))
+        except BaseException:
+            self._stop_portal()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> Session:
+        try:
+            self._portal.call(self._async.start)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self) -> Session:
+        if self._async.state is SessionState.NEW:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the container and host files; idempotent."""
+        if self._closed:
+            return
+        try:
+            self._portal.call(self._async.close)
+        finally:
+            self._closed = True
+            self._stop_portal()
+
+    def _stop_portal(self) -> None:
+        self._portal_cm.__exit__(None, None, None)
+
+    def __del__(self) -> None:  # a forgotten session must not leak a container
+        if not getattr(self, "_closed", True):
+            with contextlib.suppress(Exception):  # best effort during garbage collection
+                self.close()
+
+    # -- delegated -------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._async.id
+
+    @property
+    def state(self) -> SessionState:
+        return self._async.state
+
+    @property
+    def info(self) -> SessionInfo:
+        return self._async.info
+
+    @property
+    def death(self) -> KernelDeath | None:
+        return self._async.death
+
+    @property
+    def config(self) -> SandboxConfig:
+        return self._async.config
+
+    def execute(self, code: str, *, timeout: float | None = None, wait: bool = True,
+                on_output: Callable[[Event], Any] | None = None) -> ExecutionResult:
+        """Run *code* and return its result; *on_output* is called in this thread."""
+        if on_output is None:
+            result: ExecutionResult = self._portal.call(
+                lambda: self._async.execute(code, timeout=timeout, wait=wait))
+            return result
+        final: ExecutionResult | None = None
+        for event in self.stream(code, timeout=timeout, wait=wait):
+            if isinstance(event, ExecutionResult):
+                final = event
+            else:
+                on_output(event)
+        assert final is not None
+        return final
+
+    def stream(self, code: str, *, timeout: float | None = None,
+               wait: bool = True) -> Iterator[Event | ExecutionResult]:
+        """Each output as it is published, then the result (see AsyncSession.stream)."""
+        events: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+
+        async def pump() -> None:
+            try:
+                async for event in self._async.stream(code, timeout=timeout, wait=wait):
+                    events.put(event)
+                    if stop.is_set():
+                        break
+            except BaseException as exc:
+                events.put(exc)
+            finally:
+                events.put(_END)
+
+        future = self._portal.start_task_soon(pump)
+        try:
+            while True:
+                item = events.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            future.result()
+
+    def interrupt(self) -> None:
+        self._portal.call(self._async.interrupt)
+
+    def restart(self) -> None:
+        self._portal.call(self._async.restart)
+
+    def upload(self, path: str, data: bytes | str) -> None:
+        self._portal.call(self._async.upload, path, data)
+
+    def download(self, path: str) -> bytes:
+        data: bytes = self._portal.call(self._async.download, path)
+        return data
+
+    def list_files(self, path: str = "") -> list[FileInfo]:
+        files: list[FileInfo] = self._portal.call(self._async.list_files, path)
+        return files
+
+    def delete_file(self, path: str) -> None:
+        self._portal.call(self._async.delete_file, path)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.state.value}>"
+
+
+async def _make(config: SandboxConfig | None, kwargs: dict[str, Any]) -> AsyncSession:
+    return AsyncSession(config, **kwargs)
