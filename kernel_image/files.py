@@ -83,12 +83,13 @@ def cmd_read(path: str, max_bytes: int) -> None:
             raise Refused("unreadable", f"{path!r}: {exc.strerror}") from exc
     finally:
         os.close(dfd)
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             raise Refused("is_directory", f"{path!r} is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused("not_a_file", f"{path!r} is not a regular file")
+        raise Refused("not_a_file", f"{path!r} is not a regular file")
+    with os.fdopen(fd, "rb") as fh:
         if st.st_size > max_bytes:
             raise Refused("too_large", f"{path!r} is {st.st_size} bytes; the limit is {max_bytes}")
         out = sys.stdout.buffer

@@ -601,12 +601,16 @@ class AsyncSession:
             await self._teardown()
 
     async def _teardown(self) -> None:
-        await self._drop_kernel()
+        # Runs to the end even if the caller is cancelled half-way (a server shutting
+        # down, a reaper pass cut short): the removal is shielded, the dir always goes.
         container, self._container_id = self._container_id, None
-        if container is not None:
-            try:
-                await self.runtime.remove(container)
-            except SandboxError as exc:
-                log.warning("session %s: container %s not removed (%s); the reaper will "
-                            "retry", self.id, container[:12], exc)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        try:
+            await self._drop_kernel()
+            if container is not None:
+                try:
+                    await asyncio.shield(self.runtime.remove(container))
+                except SandboxError as exc:
+                    log.warning("session %s: container %s not removed (%s); the reaper will "
+                                "retry", self.id, container[:12], exc)
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -242,6 +242,8 @@ class DockerRuntime(Runtime):
                                          f"{timeout_s:.0f}s") from exc
             finally:
                 with contextlib.suppress(OSError):
+                    raw.close()
+                with contextlib.suppress(OSError):
                     sock.close()
             code = None
             for _ in range(50):  # the exit code lands a moment after the stream closes
