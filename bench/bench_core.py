@@ -843,7 +843,10 @@ def print_summary(data: dict[str, Any]) -> None:
         table.add_row(c["figure"], fmt_ms(st["p50"]), fmt_ms(st["p95"]), fmt_ms(b["p50"]),
                       f"{fmt_ratio(c['ratio'])} [{fmt_ratio(lo)}–{fmt_ratio(hi)}]",
                       f"{c['delta_p50_ms']:+.1f} ms")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # piped: do not squeeze to 80 columns
+    console.print(table)
 
 
 # -- main -------------------------------------------------------------------------------------------

@@ -403,11 +403,29 @@ def build_image(
             _stream_build(client, context, tag, choice.image, labels, progress)
         client.images.get(tag).tag(IMAGE_REPOSITORY, "latest")
         progress.done("build", f"built {tag}")
+        pruned = prune_stale_images(client, keep=tag)
+        if pruned:
+            progress.log(f"removed {len(pruned)} older kernel image(s): {', '.join(pruned)}")
         return tag
     except requests.exceptions.RequestException as exc:
         raise EngineUnavailableError(f"the Docker engine stopped answering: {exc}") from exc
     except docker.errors.DockerException as exc:
         raise ImageBuildError("engine", str(exc)) from exc
+
+
+def prune_stale_images(client: docker.DockerClient, keep: str) -> list[str]:
+    """Untag older ``agentbox-kernel`` builds (about 1 GB each); in-use ones stay."""
+    removed = []
+    for image in client.images.list(name=IMAGE_REPOSITORY):
+        for t in image.tags:
+            if t in (keep, f"{IMAGE_REPOSITORY}:latest"):
+                continue
+            try:
+                client.images.remove(t)
+            except docker.errors.APIError:
+                continue  # a container still uses it
+            removed.append(t)
+    return removed
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
