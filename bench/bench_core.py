@@ -611,9 +611,11 @@ def fmt_ratio(r: float | None) -> str:
         return "–"
     if r >= 10:
         return f"{r:.0f}×"
-    if r >= 0.01:
+    if r >= 0.1:
         return f"{r:.2f}×"
-    return f"{r:.1e}×"
+    if r >= 0.01:
+        return f"{r:.3f}×"
+    return f"1/{float(f'{1 / r:.3g}'):,.0f}"  # 6.1e-05 -> 1/16,400
 
 
 def fmt_spread(st: dict[str, float]) -> str:
@@ -699,7 +701,9 @@ def render_markdown(data: dict[str, Any], plot: str | None) -> str:
         deltas = [c for c in data["comparisons"] if c["group"] == group
                   and c["group"] in ("trivial", "heavy") and "delta_p50_ms" in c]
         for c in deltas:
-            lines.append(f"- {c['figure']}: the sandbox adds **{c['delta_p50_ms']:+.2f} ms** at p50.")
+            d = c["delta_p50_ms"]
+            lines.append(f"- {c['figure']}: at p50 the sandbox is **{abs(d):.2f} ms "
+                         f"{'slower' if d >= 0 else 'faster'}** than the host kernel.")
         if group == "cold":
             lines.append("- Phases are `session.phases`: `container_start` is the create + start "
                          "of the hardened container (read-only root, no network, limits), "
@@ -722,6 +726,7 @@ def render_markdown(data: dict[str, Any], plot: str | None) -> str:
         if group in ("trivial", "heavy"):
             lines.append("- The sandbox kernel runs under the session defaults (1 CPU, 1 GiB, "
                          "hardened container); the host kernel has the whole machine.")
+        if group in ("cold", "trivial", "heavy"):
             lines += _version_notes(data)
         lines.append("")
     if plot:

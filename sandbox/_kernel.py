@@ -177,8 +177,11 @@ class KernelConnection:
         self._pumps = [asyncio.create_task(self._pump("iopub")),
                        asyncio.create_task(self._pump("shell")),
                        asyncio.create_task(self._pump("control"))]
-        # kernel_info until its status messages arrive on IOPub too: a SUB socket
-        # misses what is published before its subscription lands.
+        await self.wait_iopub(deadline)
+
+    async def wait_iopub(self, deadline: float) -> None:
+        """kernel_info until its status messages arrive on IOPub too: a SUB socket misses
+        what is published before its subscription lands."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -201,6 +204,22 @@ class KernelConnection:
             finally:
                 self.release(msg_id)
             return
+
+    async def reconnect_iopub(self, timeout: float = 5.0) -> None:
+        """A fresh IOPub socket. ZMQ drops the connection (for good) when a message
+        exceeds MAXMSGSIZE; called by the session when an execution's IOPub went silent."""
+        self._pumps[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._pumps[0]
+        # jupyter_client creates the channel lazily from this attribute.
+        old = self.client._iopub_channel
+        self.client._iopub_channel = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+        self.client.iopub_channel.start()
+        self._pumps[0] = asyncio.create_task(self._pump("iopub"))
+        await self.wait_iopub(time.monotonic() + timeout)
 
     def route(self, msg_id: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()

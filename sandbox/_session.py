@@ -469,6 +469,7 @@ class AsyncSession:
         deadline = time.monotonic() + limit
         idle_deadline: float | None = None
         finished = False
+        iopub_lost = False
         try:
             while not (reply is not None and assembler.idle):
                 until = deadline if idle_deadline is None else min(deadline, idle_deadline)
@@ -477,8 +478,13 @@ class AsyncSession:
                         channel, msg = await queue.get()
                 except TimeoutError:
                     if reply is not None:
-                        notes.append("the kernel's final 'idle' status did not arrive; "
-                                     "output may be incomplete")
+                        notes.append(
+                            "the kernel's final 'idle' status did not arrive: output was lost, "
+                            "most likely a message larger than max_message_bytes "
+                            f"({self.config.max_message_bytes // 2**20} MiB), which ZMQ drops "
+                            "unread; everything after it in this cell is missing")
+                        assembler.truncated = True
+                        iopub_lost = True
                         break
                     if not interrupting:
                         interrupting = True
@@ -515,6 +521,13 @@ class AsyncSession:
                     SessionState.CLOSED:
                 # The caller went away mid-cell: do not leave the kernel busy.
                 await self._send_interrupt()
+        if iopub_lost and self._kernel is kernel:
+            try:
+                await kernel.reconnect_iopub()
+            except SandboxError:
+                async with self._life_lock:
+                    await self._restart_kernel()
+                notes.append("IOPub could not be reconnected; the kernel was restarted")
         yield self._result(reply, assembler, died, timeout_info, restarted, notes,
                            time.monotonic() - t_start)
 

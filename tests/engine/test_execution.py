@@ -180,3 +180,24 @@ def test_binary_outputs_stay_base64_like_nbformat(box: Session) -> None:
     png = result.result.data["image/png"]  # type: ignore[union-attr]
     assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
     assert DATAFRAME_MIME not in result.result.data  # type: ignore[union-attr]
+
+
+def test_pandas_is_not_imported_until_the_user_does(box: Session) -> None:
+    with Session() as fresh:
+        assert fresh.execute("import sys; 'pandas' in sys.modules").text == "False"
+
+
+def test_a_100_mb_display_is_refused_without_hanging_or_hoarding_memory() -> None:
+    import resource
+
+    with Session() as box:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.monotonic()
+        result = box.execute("from IPython.display import display\n"
+                             "display({'text/plain': 'x' * (100 * 2**20)}, raw=True)\n"
+                             "print('after')", timeout=60)
+        grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        assert time.monotonic() - t0 < 30
+        assert grew_mb < 100  # the host never held the 100 MB message
+        assert all("x" * 1000 not in str(o.to_dict()) for o in result.outputs)
+        assert box.execute("1 + 1").text == "2"  # the session is still usable
