@@ -100,11 +100,19 @@ class SessionNotFoundError(SandboxError, KeyError):
 
 
 class FileOperationError(SandboxError):
-    """A file operation inside the sandbox failed."""
+    """A file operation inside the sandbox failed; ``code`` says how (``not_found``,
+    ``too_large``, ``is_directory``, ``symlink``, ``unsafe_path``, ``no_space``...)."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class UnsafePathError(FileOperationError, ValueError):
     """The path is absolute, contains '..' or NUL, or is otherwise not allowed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unsafe_path")
 
 
 class DeadlineExceeded(SandboxError, TimeoutError):

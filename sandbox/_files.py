@@ -57,14 +57,15 @@ class FileOps:
                                          stdin=stdin, max_stdout=max_stdout + 1,
                                          timeout_s=timeout_s)
         if result.exit_code != 0:
-            raise FileOperationError(self._describe(args, result.exit_code, result.stderr))
+            message, code = self._describe(args, result.exit_code, result.stderr)
+            raise FileOperationError(message, code)
         if result.stdout_truncated:
             raise FileOperationError(f"{args[0]} {args[1] if len(args) > 1 else ''}: output "
-                                     f"exceeds {max_stdout} bytes")
+                                     f"exceeds {max_stdout} bytes", "too_large")
         return result.stdout
 
     @staticmethod
-    def _describe(args: list[str], code: int, stderr: bytes) -> str:
+    def _describe(args: list[str], code: int, stderr: bytes) -> tuple[str, str]:
         try:
             detail = json.loads(stderr.decode(errors="replace"))
             message = str(detail.get("message"))
@@ -73,13 +74,13 @@ class FileOps:
             message, kind = stderr.decode(errors="replace").strip()[-300:], "failed"
         if code == 126 or code == 127 or code == -1:
             message = f"the sandbox could not run the file helper (exit {code}): {message}"
-        return f"{args[0]} failed ({kind}): {message}"
+        return f"{args[0]} failed ({kind}): {message}", kind
 
     async def write(self, container_id: str, path: str, data: bytes, max_bytes: int) -> None:
         rel = check_path(path)
         if len(data) > max_bytes:
             raise FileOperationError(f"upload of {len(data)} bytes exceeds the limit of "
-                                     f"{max_bytes} bytes")
+                                     f"{max_bytes} bytes", "too_large")
         await self._helper(container_id, ["write", rel, str(max_bytes)], stdin=data,
                            max_stdout=1024)
 

@@ -185,8 +185,18 @@ class SessionManager:
     def pool_level(self) -> int:
         return self._pool.level
 
-    async def create(self, config: SandboxConfig | None = None) -> AsyncSession:
-        """A started session: from the pool when *config* is the default, else cold."""
+    async def create(self, config: SandboxConfig | None = None, *,
+                     idle_timeout_s: float | None = None,
+                     max_lifetime_s: float | None = None) -> AsyncSession:
+        """A started session: from the pool when *config* is the default, else cold.
+
+        *idle_timeout_s* / *max_lifetime_s* override the manager's for this session."""
+        session = await self._create(config)
+        session.idle_timeout_s = idle_timeout_s
+        session.max_lifetime_s = max_lifetime_s
+        return session
+
+    async def _create(self, config: SandboxConfig | None) -> AsyncSession:
         if self._closed:
             raise SandboxError("the session manager is shut down")
         if not self._started:
@@ -237,8 +247,8 @@ class SessionManager:
             if s.state is SessionState.CLOSED:
                 self._sessions.pop(sid, None)
                 continue
-            idle = self.config.idle_timeout_s
-            life = self.config.max_lifetime_s
+            idle = s.idle_timeout_s or self.config.idle_timeout_s
+            life = s.max_lifetime_s or self.config.max_lifetime_s
             busy = s.state is SessionState.BUSY
             if (life is not None and now - s.started_monotonic > life) or \
                     (idle is not None and not busy and now - s.last_used > idle):

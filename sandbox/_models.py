@@ -66,6 +66,22 @@ class ErrorOutput:
 Output = StreamOutput | DisplayOutput | ErrorOutput
 
 
+def output_from_dict(data: dict[str, Any]) -> Output:
+    """An output from its ``to_dict`` form (Jupyter's shape)."""
+    kind = data.get("type")
+    if kind == "stream":
+        return StreamOutput(name=data["name"], text=data["text"])
+    if kind == "error":
+        return ErrorOutput(ename=data["ename"], evalue=data["evalue"],
+                           traceback=list(data.get("traceback", [])))
+    if kind in ("display_data", "execute_result"):
+        return DisplayOutput(type=kind, data=dict(data.get("data", {})),
+                             metadata=dict(data.get("metadata", {})),
+                             execution_count=data.get("execution_count"),
+                             display_id=data.get("display_id"))
+    raise ValueError(f"unknown output type {kind!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class KernelDeath:
     """Why a kernel stopped on its own."""
@@ -203,6 +219,22 @@ class ExecutionResult:
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict(), indent=1)[:2000]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
+        """The inverse of :meth:`to_dict` (used by the HTTP client)."""
+        timeout = data.get("timeout")
+        death = data.get("death")
+        return cls(
+            status=data["status"], execution_count=data.get("execution_count"),
+            outputs=[output_from_dict(o) for o in data.get("outputs", [])],
+            duration_s=float(data.get("duration_ms", 0.0)) / 1000,
+            truncated=bool(data.get("truncated", False)),
+            timeout=TimeoutInfo(**timeout) if isinstance(timeout, dict) else None,
+            death=KernelDeath(**death) if isinstance(death, dict) else None,
+            kernel_restarted=bool(data.get("kernel_restarted", False)),
+            notes=list(data.get("notes", [])),
+        )
 
 
 @dataclass(frozen=True, slots=True)

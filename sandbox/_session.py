@@ -127,6 +127,9 @@ class AsyncSession:
         self.phases: dict[str, float] = {}
         self.from_pool = False
         self.executions = 0
+        # Per-session overrides of the manager's reaper limits (None: the manager's).
+        self.idle_timeout_s: float | None = None
+        self.max_lifetime_s: float | None = None
 
         self._state = SessionState.NEW
         self._exec_lock = asyncio.Lock()

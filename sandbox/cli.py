@@ -4,6 +4,7 @@
     agentbox image tag                                  print the tag sessions will use
     agentbox doctor [--json]                            can this machine run sandboxes?
     agentbox demo [--out FILE]                          a pandas + matplotlib analysis, cell by cell
+    agentbox serve [--host H] [--port P] [--pool-size N]  the HTTP API
     agentbox gc                                         remove containers/dirs left by dead managers
 
 Every failure prints one line saying what failed and what to do, and exits
@@ -99,6 +100,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from api.main import JsonLines, create_app
+    from api.settings import Settings
+
+    overrides = {k: v for k, v in {
+        "host": args.host, "port": args.port, "pool_size": args.pool_size,
+        "data_dir": args.data_dir, "database_url": args.database_url,
+        "max_sessions": args.max_sessions}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        messages = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        console.print(f"[bold red]error:[/] {_escape(messages)}")
+        return 2
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    console.print(f"Agent Box API on http://{settings.host}:{settings.port} "
+                  f"(docs at /docs; history in {settings.resolved_database_url()}; "
+                  f"auth {'on' if settings.auth_enabled else 'off: loopback only'})")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_config=None, access_log=False, timeout_graceful_shutdown=30)
+    return 0
+
+
 def _cmd_gc(args: argparse.Namespace) -> int:
     from sandbox._manager import collect_garbage
 
@@ -132,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a pandas + matplotlib analysis in a fresh sandbox")
     demo.add_argument("--out", default="out/demo.ipynb", help="where to write the executed notebook")
     demo.set_defaults(func=_cmd_demo)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (settings also from AGENTBOX_*)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; others need API keys)")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--pool-size", type=int, help="warm kernels kept ready")
+    serve.add_argument("--max-sessions", type=int)
+    serve.add_argument("--data-dir", help="history database and state")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in data dir)")
+    serve.set_defaults(func=_cmd_serve)
 
     gc = sub.add_parser("gc", help="remove containers and directories left by dead managers")
     gc.set_defaults(func=_cmd_gc)

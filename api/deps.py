@@ -1,0 +1,37 @@
+"""Dependencies shared by the routes: the service and the caller's key."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.errors import ApiError
+from api.service import SandboxService
+
+LOCAL_KEY = "local"
+
+
+def get_service(request: Request) -> SandboxService:
+    service: SandboxService = request.app.state.service
+    return service
+
+
+def get_key(request: Request, service: Annotated[SandboxService, Depends(get_service)]) -> str:
+    """The caller's key id. Without configured keys (loopback only) everyone is 'local'."""
+    keys = service.settings.keys()
+    if not keys:
+        return LOCAL_KEY
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer KEY)")
+    for known, key_id in keys.items():
+        if secrets.compare_digest(known.encode(), token.strip().encode()):
+            return key_id
+    raise ApiError(401, "unauthorized", "invalid API key")
+
+
+Service = Annotated[SandboxService, Depends(get_service)]
+Key = Annotated[str, Depends(get_key)]

@@ -1,0 +1,90 @@
+"""Domain errors → HTTP, in one table. Every error body is
+``{"error": {"code": "...", "message": "..."}}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sandbox import (
+    CapacityError,
+    ConfigError,
+    EngineUnavailableError,
+    FileOperationError,
+    ImageError,
+    SandboxError,
+    SessionBusyError,
+    SessionClosedError,
+    SessionLostError,
+    SessionNotFoundError,
+    SessionStartError,
+    UnsafePathError,
+)
+
+
+class ApiError(Exception):
+    """An error raised by the API layer itself, with its status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+# (exception type, HTTP status, error code); first match wins.
+ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
+    (SessionNotFoundError, 404, "session_not_found"),
+    (SessionClosedError, 404, "session_not_found"),
+    (SessionBusyError, 409, "session_busy"),
+    (CapacityError, 429, "capacity"),
+    (ConfigError, 422, "invalid_settings"),
+    (UnsafePathError, 400, "unsafe_path"),
+    (EngineUnavailableError, 503, "engine_unavailable"),
+    (ImageError, 503, "image_unavailable"),
+    (SessionStartError, 503, "session_start_failed"),
+    (SessionLostError, 410, "session_lost"),
+]
+FILE_CODES = {"not_found": 404, "too_large": 413, "is_directory": 409, "symlink": 403,
+              "not_a_file": 409, "not_a_directory": 409, "no_space": 507,
+              "unsafe_path": 400}
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def to_response(exc: Exception) -> JSONResponse:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+    if isinstance(exc, FileOperationError) and not isinstance(exc, UnsafePathError):
+        return error_response(FILE_CODES.get(exc.code, 400), f"file_{exc.code}", str(exc))
+    for kind, status, code in ERROR_TABLE:
+        if isinstance(exc, kind):
+            return error_response(status, code, str(exc))
+    return error_response(500, "sandbox_error", str(exc))
+
+
+def install(app: FastAPI) -> None:
+    async def domain(_: Request, exc: Exception) -> JSONResponse:
+        return to_response(exc)
+
+    async def http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                 413: "too_large", 415: "unsupported_media_type"}
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
+                              str(exc.detail))
+
+    async def validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {err.get('msg')}")
+        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    app.add_exception_handler(ApiError, domain)
+    app.add_exception_handler(SandboxError, domain)
+    app.add_exception_handler(StarletteHTTPException, http)
+    app.add_exception_handler(RequestValidationError, validation)

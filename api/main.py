@@ -1,0 +1,97 @@
+"""The FastAPI app: ``create_app(settings)``; long-lived state is made in the lifespan."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import errors
+from api.routes import execute, files, health, sessions
+from api.service import SandboxService
+from api.settings import Settings
+
+log = logging.getLogger("agentbox.api")
+
+
+class BodyLimit:
+    """Refuses request bodies over the limit (413) while reading them, Content-Length or
+    not; uploads (PUT .../files/...) have their own, larger limit checked by the route."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "PUT" and "/files/" in scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise errors.ApiError(413, "too_large",
+                                      f"request body exceeds {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def access_log(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def log_request(request: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        t0 = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        log.info("request", extra={
+            "method": request.method, "route": getattr(route, "path", request.url.path),
+            "status": response.status_code, "ms": round((time.monotonic() - t0) * 1000, 1),
+            "session_id": request.path_params.get("session_id")})
+        return response
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: message plus the structured extras."""
+
+    SKIP = set(vars(logging.makeLogRecord({})))
+
+    def format(self, record: logging.LogRecord) -> str:
+        body = {"ts": round(record.created, 3), "level": record.levelname,
+                "logger": record.name, "msg": record.getMessage()}
+        body.update({k: v for k, v in vars(record).items()
+                     if k not in self.SKIP and not k.startswith("_")})
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
+
+
+def create_app(settings: Settings | None = None,
+               service: SandboxService | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = service or SandboxService(settings)
+        await svc.start()
+        app.state.service = svc
+        try:
+            yield
+        finally:
+            await svc.shutdown()
+
+    app = FastAPI(title="Agent Box", version="1",
+                  description="Hardened Jupyter-kernel sandboxes over HTTP.", lifespan=lifespan)
+    errors.install(app)
+    access_log(app)
+    for router in (sessions.router, execute.router, files.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    return app

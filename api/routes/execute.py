@@ -1,0 +1,41 @@
+"""Executing code: JSON, or server-sent events with ``Accept: text/event-stream``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from api.deps import Key, Service
+from api.schemas import ErrorResponse, ExecuteRequest, ExecuteResponse, OneShotRequest
+
+router = APIRouter(tags=["execute"], responses={401: {"model": ErrorResponse},
+                                                 404: {"model": ErrorResponse},
+                                                 409: {"model": ErrorResponse},
+                                                 413: {"model": ErrorResponse},
+                                                 422: {"model": ErrorResponse}})
+
+
+def wants_stream(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+@router.post("/v1/sessions/{session_id}/execute", response_model=ExecuteResponse,
+             responses={200: {"content": {"text/event-stream": {}}}})
+async def execute(service: Service, key: Key, session_id: str, body: ExecuteRequest,
+                  request: Request) -> Any:
+    """Run a cell. An error in the code is a 200 with ``status: "error"``. A session
+    runs one cell at a time: a second concurrent request gets 409."""
+    if wants_stream(request):
+        events = await service.stream(key, session_id, body.code, body.timeout_s)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+    return await service.execute(key, session_id, body.code, body.timeout_s)
+
+
+@router.post("/v1/execute", response_model=ExecuteResponse)
+async def one_shot(service: Service, key: Key, body: OneShotRequest) -> Any:
+    """A fresh sandbox runs the code and is torn down."""
+    return await service.one_shot(key, body.code, body.timeout_s, body.limits, body.env)

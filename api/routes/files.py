@@ -1,0 +1,50 @@
+"""Files in a session's working directory (raw bytes in and out)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from api.deps import Key, Service
+from api.errors import ApiError
+from api.schemas import ErrorResponse, FileList, FileOut
+
+router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"],
+                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+                              404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+
+
+@router.get("", response_model=FileList)
+async def list_files(service: Service, key: Key, session_id: str) -> FileList:
+    files = await service.list_files(key, session_id)
+    return FileList(files=[FileOut(**f.to_dict()) for f in files])
+
+
+@router.put("/{path:path}", status_code=204)
+async def upload(service: Service, key: Key, session_id: str, path: str,
+                 request: Request) -> Response:
+    limit = service.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
+    service.session(key, session_id)  # 404 before reading a body for nothing
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    await service.upload(key, session_id, path, b"".join(chunks))
+    return Response(status_code=204)
+
+
+@router.get("/{path:path}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def download(service: Service, key: Key, session_id: str, path: str) -> Response:
+    data = await service.download(key, session_id, path)
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.delete("/{path:path}", status_code=204)
+async def delete(service: Service, key: Key, session_id: str, path: str) -> Response:
+    await service.delete_file(key, session_id, path)
+    return Response(status_code=204)

@@ -1,0 +1,43 @@
+"""/healthz and /metrics (no auth: they say nothing about any session)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import Service
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz(service: Service) -> Any:
+    from sandbox._exceptions import SandboxError
+    from sandbox._image import image_status
+    from sandbox._runtime.engine import connect
+
+    def probe() -> dict[str, Any]:
+        try:
+            client = connect(timeout=5)
+            status = image_status(client)
+            return {"engine": True, "image": status["tag"], "image_present": status["current"]}
+        except SandboxError as exc:
+            return {"engine": False, "engine_error": str(exc), "image_present": False}
+
+    body = await anyio.to_thread.run_sync(probe)
+    body.update({"pool": service.manager.pool_level, "pool_target": service.settings.pool_size,
+                 "sessions": len(service.owned), "accepting": service.accepting})
+    ok = body["engine"] and body["image_present"] and service.accepting
+    body["status"] = "ok" if ok else "unavailable"
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(service: Service) -> Response:
+    service.metrics.sessions_active.set(len(service.owned))
+    service.metrics.pool_size.set(service.manager.pool_level)
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,59 @@
+"""/v1/sessions: create, list, get, delete, interrupt, restart, notebook."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from api.deps import Key, Service
+from api.schemas import CreateSession, ErrorResponse, SessionList, SessionOut
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
+                   responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+
+
+@router.post("", status_code=201, response_model=SessionOut,
+             responses={422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+async def create_session(service: Service, key: Key, body: CreateSession | None = None
+                         ) -> SessionOut:
+    return await service.create(key, body or CreateSession())
+
+
+@router.get("", response_model=SessionList)
+async def list_sessions(service: Service, key: Key, request: Request) -> SessionList:
+    """``?metadata.team=data`` keeps sessions whose metadata has team=data."""
+    wanted = {k.removeprefix("metadata."): v for k, v in request.query_params.items()
+              if k.startswith("metadata.")}
+    return SessionList(sessions=service.list_sessions(key, wanted))
+
+
+@router.get("/{session_id}", response_model=SessionOut)
+async def get_session(service: Service, key: Key, session_id: str) -> SessionOut:
+    service.session(key, session_id)
+    return service.describe(session_id, service.owned[session_id])
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(service: Service, key: Key, session_id: str) -> Response:
+    await service.delete(key, session_id)
+    return Response(status_code=204)
+
+
+@router.post("/{session_id}/interrupt", status_code=204)
+async def interrupt(service: Service, key: Key, session_id: str) -> Response:
+    await service.session(key, session_id).interrupt()
+    return Response(status_code=204)
+
+
+@router.post("/{session_id}/restart", response_model=SessionOut)
+async def restart(service: Service, key: Key, session_id: str) -> SessionOut:
+    await service.session(key, session_id).restart()
+    return service.describe(session_id, service.owned[session_id])
+
+
+@router.get("/{session_id}/notebook", response_class=Response,
+            responses={200: {"content": {"application/x-ipynb+json": {}}}})
+async def notebook(service: Service, key: Key, session_id: str) -> Response:
+    """The session's cells and outputs as nbformat 4, also after it was closed."""
+    body = await service.notebook(key, session_id)
+    return Response(body, media_type="application/x-ipynb+json", headers={
+        "Content-Disposition": f'attachment; filename="{session_id}.ipynb"'})

@@ -1,0 +1,81 @@
+"""Service settings: one object, built at start-up from ``AGENTBOX_*`` variables
+(and the ``agentbox serve`` flags, which override them)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "agentbox"
+
+
+class Settings(BaseSettings):
+    """Everything the HTTP service needs to know; validated once."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTBOX_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: str = Field("", description="Comma-separated bearer tokens.")
+    api_keys_file: Path | None = Field(None, description="One token per line; # comments.")
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in "
+                                     "data_dir. postgresql+psycopg://... for several servers.")
+
+    pool_size: int = Field(2, ge=0, le=256)
+    max_sessions: int = Field(32, ge=1, le=10_000)
+    max_sessions_per_key: int = Field(8, ge=1, le=10_000)
+
+    # Server-side maxima of what a key may ask for.
+    max_memory_mb: int = Field(4096, ge=64)
+    max_cpus: float = Field(2.0, gt=0)
+    max_pids: int = Field(1024, ge=16)
+    max_execution_timeout_s: float = Field(600.0, gt=0)
+    max_idle_timeout_s: float = Field(3600.0, gt=0)
+    max_lifetime_s: float = Field(24 * 3600.0, gt=0)
+    default_execution_timeout_s: float = Field(60.0, gt=0)
+    default_idle_timeout_s: float = Field(900.0, gt=0)
+    default_lifetime_s: float = Field(4 * 3600.0, gt=0)
+
+    max_code_bytes: int = Field(1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024,
+                                   description="JSON bodies; uploads have their own limit.")
+    notebook_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
+    keepalive_s: float = Field(15.0, gt=0)
+    reaper_interval_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_open_bind_without_keys(self) -> Settings:
+        if self.host not in LOOPBACK and not self.keys():
+            raise ValueError(f"refusing to listen on {self.host} without API keys: set "
+                             "AGENTBOX_API_KEYS or AGENTBOX_API_KEYS_FILE, or bind 127.0.0.1")
+        return self
+
+    def keys(self) -> dict[str, str]:
+        """token -> key id (a short hash: what logs and the database see)."""
+        tokens = [t.strip() for t in self.api_keys.split(",") if t.strip()]
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    tokens.append(line)
+        return {t: "k-" + hashlib.sha256(t.encode()).hexdigest()[:12] for t in tokens}
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.keys())
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'history.sqlite3'}"
