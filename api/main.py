@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,17 +44,34 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-def access_log(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def log_request(request: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+class AccessLog:
+    """One structured line per request (pure ASGI: BaseHTTPMiddleware would hide a
+    client's disconnect from streaming responses, and a cell would run on unwatched)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         t0 = time.monotonic()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        log.info("request", extra={
-            "method": request.method, "route": getattr(route, "path", request.url.path),
-            "status": response.status_code, "ms": round((time.monotonic() - t0) * 1000, 1),
-            "session_id": request.path_params.get("session_id")})
-        return response
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            log.info("request", extra={
+                "method": scope["method"], "route": getattr(route, "path", scope["path"]),
+                "status": status, "ms": round((time.monotonic() - t0) * 1000, 1),
+                "session_id": (scope.get("path_params") or {}).get("session_id")})
 
 
 class JsonLines(logging.Formatter):
@@ -90,8 +106,8 @@ def create_app(settings: Settings | None = None,
     app = FastAPI(title="Agent Box", version="1",
                   description="Hardened Jupyter-kernel sandboxes over HTTP.", lifespan=lifespan)
     errors.install(app)
-    access_log(app)
     for router in (sessions.router, execute.router, files.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(AccessLog)
     return app

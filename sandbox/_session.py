@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import logging
 import os
@@ -144,6 +145,8 @@ class AsyncSession:
         self._container_suspect = False
         self._active_msg: str | None = None
         self._files = FileOps(self.runtime, self.config.user)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._draining: asyncio.Task[Any] | None = None
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -397,6 +400,42 @@ class AsyncSession:
         self._check_open()
         await self._send_interrupt()
 
+    def _detach(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _abandon(self, kernel: KernelConnection, msg_id: str,
+                       queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+        """Interrupt a cell nobody waits for any more; wait for it to end (or restart)."""
+        try:
+            await self._send_interrupt()
+            deadline = time.monotonic() + self.config.interrupt_grace_s + IOPUB_GRACE_S
+            replied = idle = False
+            while not (replied and idle):
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        channel, msg = await queue.get()
+                except TimeoutError:
+                    if not replied and self._state is not SessionState.CLOSED:
+                        async with self._life_lock:
+                            await self._restart_kernel()
+                    return
+                header = msg.get("header") if isinstance(msg, dict) else None
+                kind = header.get("msg_type") if isinstance(header, dict) else None
+                if channel == "died":
+                    return
+                if channel == "shell" and kind == "execute_reply":
+                    replied = True
+                elif channel == "iopub" and kind == "status" and \
+                        msg.get("content", {}).get("execution_state") == "idle":
+                    idle = True
+        except SandboxError as exc:
+            log.warning("session %s: ending an abandoned cell failed: %s", self.id, exc)
+        finally:
+            kernel.release(msg_id)
+
     async def _send_interrupt(self) -> None:
         try:
             reply = await self._init.request({"op": "signal", "signum": int(signal.SIGINT)},
@@ -449,6 +488,10 @@ class AsyncSession:
                 yield item
 
     async def _run(self, code: str, limit: float) -> AsyncIterator[Event | ExecutionResult]:
+        if self._draining is not None:  # a cell whose caller left is still ending
+            draining, self._draining = self._draining, None
+            with contextlib.suppress(Exception):
+                await asyncio.shield(draining)
         t_start = time.monotonic()
         notes: list[str] = []
         restarted = False
@@ -515,15 +558,20 @@ class AsyncSession:
                 timeout_info = TimeoutInfo(limit_s=limit, ended_by="interrupt", state_lost=False)
             finished = True
         finally:
-            kernel.release(msg_id)
+            abandoned = (not finished and reply is None and not died
+                         and self._state is not SessionState.CLOSED)
+            if abandoned:
+                # The caller went away mid-cell: interrupt it and let the next cell wait
+                # until it has really ended (else the kernel would abort the next one).
+                # In a task of its own, in a fresh context: a cancellation that keeps
+                # being re-delivered (anyio cancel scopes, as in Starlette) cannot stop it.
+                self._draining = self._detach(self._abandon(kernel, msg_id, queue))
+            else:
+                kernel.release(msg_id)
             self._active_msg = None
             self.last_used = time.monotonic()
             if self._state is SessionState.BUSY:
                 self._state = SessionState.READY
-            if not finished and reply is None and not died and self._state is not \
-                    SessionState.CLOSED:
-                # The caller went away mid-cell: do not leave the kernel busy.
-                await self._send_interrupt()
         if iopub_lost and self._kernel is kernel:
             try:
                 await kernel.reconnect_iopub()

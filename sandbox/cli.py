@@ -100,6 +100,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from sandbox._run import run_file
+
+    api_key = args.api_key if args.api_key is not None else os.environ.get("AGENTBOX_API_KEY")
+    return run_file(args.file, args.output, server=args.server, api_key=api_key or None,
+                    timeout=args.timeout, continue_on_error=args.continue_on_error)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -163,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a pandas + matplotlib analysis in a fresh sandbox")
     demo.add_argument("--out", default="out/demo.ipynb", help="where to write the executed notebook")
     demo.set_defaults(func=_cmd_demo)
+
+    run = sub.add_parser("run", help="run a .py (# %% cells) or .ipynb file cell by cell in a fresh sandbox")
+    run.add_argument("file", help="a .py file with # %% cell markers, or an .ipynb notebook")
+    run.add_argument("-o", "--output", help="write the executed notebook here")
+    run.add_argument("--server", help="run on an Agent Box server (URL) instead of locally")
+    run.add_argument("--api-key", help="the server's API key (default: $AGENTBOX_API_KEY)")
+    run.add_argument("--timeout", type=float, help="per-cell time limit in seconds")
+    run.add_argument("--continue-on-error", action="store_true",
+                     help="run every cell even after one fails (the exit status is still 1)")
+    run.set_defaults(func=_cmd_run)
 
     serve = sub.add_parser("serve", help="run the HTTP API (settings also from AGENTBOX_*)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1; others need API keys)")

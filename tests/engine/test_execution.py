@@ -201,3 +201,15 @@ def test_a_100_mb_display_is_refused_without_hanging_or_hoarding_memory() -> Non
         assert grew_mb < 100  # the host never held the 100 MB message
         assert all("x" * 1000 not in str(o.to_dict()) for o in result.outputs)
         assert box.execute("1 + 1").text == "2"  # the session is still usable
+
+
+async def test_closing_a_stream_early_interrupts_the_cell() -> None:
+    async with AsyncSession() as box:
+        events = box.stream("import time\nprint('go')\ntime.sleep(60)")
+        first = await events.__anext__()
+        assert isinstance(first, StreamOutput)
+        await events.aclose()  # type: ignore[attr-defined]
+        t0 = time.monotonic()
+        result = await box.execute("'next'")
+        assert result.text == "'next'" and result.status == "ok"
+        assert time.monotonic() - t0 < 10
