@@ -484,8 +484,12 @@ class AsyncSession:
             raise SessionBusyError(self.id)
         async with self._exec_lock:
             self._check_open()
-            async for item in self._run(code, float(limit)):
-                yield item
+            run = self._run(code, float(limit))
+            try:
+                async for item in run:
+                    yield item
+            finally:
+                await run.aclose()  # now, not at garbage collection: a left cell is ended
 
     async def _run(self, code: str, limit: float) -> AsyncIterator[Event | ExecutionResult]:
         if self._draining is not None:  # a cell whose caller left is still ending

@@ -118,10 +118,12 @@ class Session:
 
         async def pump() -> None:
             try:
-                async for event in self._async.stream(code, timeout=timeout, wait=wait):
-                    events.put(event)
-                    if stop.is_set():
-                        break
+                stream = self._async.stream(code, timeout=timeout, wait=wait)
+                async with contextlib.aclosing(stream) as running:  # type: ignore[type-var]
+                    async for event in running:
+                        events.put(event)
+                        if stop.is_set():
+                            break
             except BaseException as exc:
                 events.put(exc)
             finally:
