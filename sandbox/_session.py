@@ -31,7 +31,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -459,7 +459,7 @@ class AsyncSession:
     ) -> ExecutionResult:
         """Run *code*; return its result. *on_output* sees each output as it arrives."""
         stream = self.stream(code, timeout=timeout, wait=wait)
-        async with contextlib.aclosing(stream) as events:  # type: ignore[type-var]
+        async with contextlib.aclosing(stream) as events:
             async for event in events:
                 if isinstance(event, ExecutionResult):
                     return event
@@ -471,7 +471,7 @@ class AsyncSession:
 
     async def stream(
         self, code: str, *, timeout: float | None = None, wait: bool = True
-    ) -> AsyncIterator[Event | ExecutionResult]:
+    ) -> AsyncGenerator[Event | ExecutionResult, None]:
         """Run *code*, yielding each output the moment the kernel publishes it, then the
         :class:`ExecutionResult`. Closing the iterator early interrupts the cell."""
         if not isinstance(code, str):
@@ -491,7 +491,7 @@ class AsyncSession:
             finally:
                 await run.aclose()  # now, not at garbage collection: a left cell is ended
 
-    async def _run(self, code: str, limit: float) -> AsyncIterator[Event | ExecutionResult]:
+    async def _run(self, code: str, limit: float) -> AsyncGenerator[Event | ExecutionResult, None]:
         if self._draining is not None:  # a cell whose caller left is still ending
             draining, self._draining = self._draining, None
             with contextlib.suppress(Exception):

@@ -119,7 +119,7 @@ class Session:
         async def pump() -> None:
             try:
                 stream = self._async.stream(code, timeout=timeout, wait=wait)
-                async with contextlib.aclosing(stream) as running:  # type: ignore[type-var]
+                async with contextlib.aclosing(stream) as running:
                     async for event in running:
                         events.put(event)
                         if stop.is_set():
