@@ -20,8 +20,9 @@ log = logging.getLogger("agentbox.api")
 
 
 class BodyLimit:
-    """Refuses request bodies over the limit (413) while reading them, Content-Length or
-    not; uploads (PUT .../files/...) have their own, larger limit checked by the route."""
+    """Answers 413 to request bodies over the limit, Content-Length or not. JSON bodies
+    are small, so they are read here (up to the limit) and replayed to the app; uploads
+    (PUT .../files/...) stream past this and are bounded by their route."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -30,18 +31,28 @@ class BodyLimit:
         if scope["type"] != "http" or (scope["method"] == "PUT" and "/files/" in scope["path"]):
             await self.app(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        body, more = bytearray(), True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise errors.ApiError(413, "too_large",
-                                      f"request body exceeds {self.limit} bytes")
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                response = errors.error_response(
+                    413, "too_large", f"request body exceeds {self.limit} bytes")
+                await response(scope, receive, send)
+                return
+        replayed = False
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
+
+        await self.app(scope, replay, send)
 
 
 class AccessLog:
