@@ -108,7 +108,11 @@ def _s(session_id: str, rest: str = "") -> str:
 
 
 def _f(session_id: str, path: str) -> str:
-    return _s(session_id, "/files/" + quote(path.lstrip("/"), safe="/"))
+    """The file's URL, its path sent as given: '.' and '..' segments percent-encoded so
+    that no URL normalisation resolves them on the way (the server judges the path)."""
+    parts = [quote(p, safe="").replace(".", "%2E") if p in (".", "..") else quote(p, safe="")
+             for p in path.split("/")]
+    return _s(session_id, "/files/" + "/".join(parts))
 
 
 def _create(limits: dict[str, Any] | None, env: dict[str, str] | None,
@@ -333,10 +337,12 @@ class AsyncAgentBoxClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        await self.close()
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         await self._http.aclose()
+
+    aclose = close
 
     async def _do(self, call: _Call[T]) -> T:
         response = await self._http.request(

@@ -7,7 +7,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -122,3 +124,34 @@ def create_app(settings: Settings | None = None,
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(AccessLog)
     return app
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, but on SIGTERM/SIGINT the running cells are ended *before* uvicorn waits
+    for open requests to finish (a cell may run for minutes), then the lifespan removes
+    every container and closes the history."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.agentbox_app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal once it has shut down, so the process would end
+        # "killed by SIGTERM"; a clean stop of this service exits 0 instead.
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        service = getattr(self.agentbox_app.state, "service", None)
+        if isinstance(service, SandboxService):
+            await service.drain()
+        await super().shutdown(sockets)
+
+
+def server_for(settings: Settings, **uvicorn_options: Any) -> GracefulServer:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
+                            **uvicorn_options)
+    return GracefulServer(config, app)

@@ -27,6 +27,7 @@ from sandbox import (
     FileInfo,
     ManagerConfig,
     SandboxConfig,
+    SessionBusyError,
     SessionManager,
     SessionNotFoundError,
     SessionState,
@@ -87,6 +88,24 @@ class SandboxService:
             await self.store.close_session(sid)
         self.owned.clear()
         self.store.close()
+
+    async def drain(self, grace_s: float = 3.0) -> None:
+        """First step of a shutdown: refuse new work; interrupt running cells, and close
+        the sessions whose cells do not end within *grace_s*."""
+        self.accepting = False
+        busy = [o.session for o in self.owned.values()
+                if o.session is not None and o.session.state is SessionState.BUSY]
+        for session in busy:
+            with contextlib.suppress(Exception):
+                await session.interrupt()
+        deadline = time.monotonic() + grace_s
+        while any(s.state is SessionState.BUSY for s in busy) and time.monotonic() < deadline:  # noqa: ASYNC110 - states change in other tasks
+            await asyncio.sleep(0.05)
+        stuck = [s for s in busy if s.state is SessionState.BUSY]
+        await asyncio.gather(*(s.close() for s in stuck), return_exceptions=True)
+        if busy:
+            log.info("shutdown: interrupted %d running cell(s), closed %d", len(busy),
+                     len(stuck))
 
     async def _janitor_loop(self) -> None:
         while True:
@@ -162,8 +181,7 @@ class SandboxService:
         return self.describe(session.id, owned)
 
     def describe(self, session_id: str, owned: Owned) -> SessionOut:
-        state = owned.session.state.value if owned.session else "closed"
-        status = "ready" if state in ("ready", "dead") else state
+        status = owned.session.state.value if owned.session else "closed"
         return SessionOut(id=session_id, status=status, created_at=owned.created_at,
                           limits=owned.limits, metadata=owned.metadata,
                           from_pool=owned.from_pool)
@@ -221,9 +239,7 @@ class SandboxService:
         Raises before the first event for bad input, so errors keep their status."""
         self._check_code(code, timeout_s)
         session = self.session(key_id, session_id)
-        if session._exec_lock.locked():
-            from sandbox import SessionBusyError
-
+        if session.busy:
             raise SessionBusyError(session_id)
         return self._events(session, session_id, code, timeout_s)
 
@@ -254,7 +270,9 @@ class SandboxService:
                 if isinstance(item, Exception):
                     from api.errors import to_response
 
-                    body = json.loads(bytes(to_response(item).body))
+                    response = to_response(item)
+                    body = json.loads(bytes(response.body))
+                    body["error"]["status"] = response.status_code
                     yield f"event: error\ndata: {json.dumps(body)}\n\n"
                     break
                 if isinstance(item, ExecutionResult):
@@ -297,8 +315,8 @@ class SandboxService:
     async def download(self, key_id: str, session_id: str, path: str) -> bytes:
         return await self.session(key_id, session_id).download(path)
 
-    async def list_files(self, key_id: str, session_id: str) -> list[FileInfo]:
-        return await self.session(key_id, session_id).list_files()
+    async def list_files(self, key_id: str, session_id: str, path: str = "") -> list[FileInfo]:
+        return await self.session(key_id, session_id).list_files(path)
 
     async def delete_file(self, key_id: str, session_id: str, path: str) -> None:
         await self.session(key_id, session_id).delete_file(path)

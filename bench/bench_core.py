@@ -228,7 +228,11 @@ class LocalKernel:
         self.km = AsyncKernelManager(kernel_name="python3")
         # The kernel's own warnings (TCP without encryption...) would break up the progress
         # display; a kernel that fails to start still fails wait_for_ready.
-        await self.km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Same kernel settings as the image's ipython_kernel_config.py, so the ratio shows
+        # what the container adds, not what a different configuration costs.
+        await self.km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   extra_arguments=["--HistoryManager.enabled=False",
+                                                    "--InteractiveShell.colors=NoColor"])
         self.kc = self.km.client()
         self.kc.start_channels()
         await self.kc.wait_for_ready(timeout=30)

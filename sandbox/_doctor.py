@@ -120,11 +120,19 @@ def run_checks(runtime_check: bool = True) -> Report:
         report.checks.append(Check("kernel image", False, "unknown: no engine"))
         return report
     try:
+        _engine_checks(client, report, runtime_check)
+    finally:
+        client.close()
+    return report
+
+
+def _engine_checks(client: docker.DockerClient, report: Report, runtime_check: bool) -> None:
+    try:
         info = client.info()
         version = client.version()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         report.checks.append(Check("engine", False, f"engine answered ping but not info: {exc}"))
-        return report
+        return
     report.facts.update({
         "engine_version": version.get("Version"), "api_version": version.get("ApiVersion"),
         "cgroup_version": str(info.get("CgroupVersion", "1")),
@@ -153,7 +161,7 @@ def run_checks(runtime_check: bool = True) -> Report:
         status = image_status(client)
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         report.checks.append(Check("kernel image", False, f"cannot list images: {exc}"))
-        return report
+        return
     report.facts["image"] = status
     if status["current"]:
         size = status["size"] if isinstance(status["size"], int) else 0
@@ -170,7 +178,6 @@ def run_checks(runtime_check: bool = True) -> Report:
         else:
             report.checks.append(Check("limits enforced", False,
                                        "not checked: needs the kernel image"))
-    return report
 
 
 def render(report: Report, console: Console) -> None:

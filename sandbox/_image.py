@@ -369,6 +369,7 @@ def build_image(
     progress.step("inputs", "hashing kernel_image/")
     tag = f"{IMAGE_REPOSITORY}:{inputs_hash(base_image, src)}"
     progress.done("inputs", tag)
+    own_client = client is None
     try:
         client = client or connect()
         if not force and _image_exists(client, tag):
@@ -411,6 +412,9 @@ def build_image(
         raise EngineUnavailableError(f"the Docker engine stopped answering: {exc}") from exc
     except docker.errors.DockerException as exc:
         raise ImageBuildError("engine", str(exc)) from exc
+    finally:
+        if own_client and client is not None:
+            client.close()
 
 
 def prune_stale_images(client: docker.DockerClient, keep: str) -> list[str]:

@@ -111,7 +111,14 @@ def collect_garbage(run_root: Path | None = None) -> GarbageReport:
     from sandbox._config import default_base_dir
     from sandbox._runtime.docker import DockerRuntime
 
-    return asyncio.run(sweep_orphans(DockerRuntime(), run_root or default_base_dir()))
+    async def sweep() -> GarbageReport:
+        runtime = DockerRuntime()
+        try:
+            return await sweep_orphans(runtime, run_root or default_base_dir())
+        finally:
+            await runtime.close()
+
+    return asyncio.run(sweep())
 
 
 class SessionManager:
@@ -121,9 +128,9 @@ class SessionManager:
                  runtime: Runtime | None = None) -> None:
         self.config = config or ManagerConfig()
         if runtime is None:
-            from sandbox._runtime.docker import DockerRuntime
+            from sandbox._runtime.docker import default_runtime
 
-            runtime = DockerRuntime()
+            runtime = default_runtime()
         self.runtime = runtime
         self.instance_id = self.config.instance_id or f"m-{secrets.token_hex(4)}"
         self._sessions: dict[str, AsyncSession] = {}

@@ -112,9 +112,9 @@ class AsyncSession:
 
         self.config = config or SandboxConfig()
         if runtime is None:
-            from sandbox._runtime.docker import DockerRuntime
+            from sandbox._runtime.docker import default_runtime
 
-            runtime = DockerRuntime()
+            runtime = default_runtime()
         self.runtime = runtime
         self.id = session_id or f"s-{secrets.token_hex(6)}"
         self.image = self.config.image or image_tag()
@@ -156,6 +156,11 @@ class AsyncSession:
     @property
     def container_id(self) -> str | None:
         return self._container_id
+
+    @property
+    def busy(self) -> bool:
+        """Whether an execution is running (or queued) on this session."""
+        return self._exec_lock.locked()
 
     @property
     def death(self) -> KernelDeath | None:

@@ -4,6 +4,7 @@
     agentbox image tag                                  print the tag sessions will use
     agentbox doctor [--json]                            can this machine run sandboxes?
     agentbox demo [--out FILE]                          a pandas + matplotlib analysis, cell by cell
+    agentbox run FILE [-o OUT.ipynb] [--server URL]     a .py (# %% cells) or .ipynb, cell by cell
     agentbox serve [--host H] [--port P] [--pool-size N]  the HTTP API
     agentbox gc                                         remove containers/dirs left by dead managers
 
@@ -113,10 +114,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
     from pydantic import ValidationError
 
-    from api.main import JsonLines, create_app
+    from api.main import JsonLines, server_for
     from api.settings import Settings
 
     overrides = {k: v for k, v in {
@@ -135,8 +135,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     console.print(f"Agent Box API on http://{settings.host}:{settings.port} "
                   f"(docs at /docs; history in {settings.resolved_database_url()}; "
                   f"auth {'on' if settings.auth_enabled else 'off: loopback only'})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_config=None, access_log=False, timeout_graceful_shutdown=30)
+    server_for(settings, log_config=None, access_log=False,
+               timeout_graceful_shutdown=30).run()
     return 0
 
 

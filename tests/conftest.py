@@ -38,6 +38,7 @@ def engine() -> Iterator[object]:
                                   filters={"label": f"{LABEL_OWNER_PID}={os.getpid()}"})
     for c in left:
         c.remove(force=True)
+    client.close()
     dirs = [f"{p.name}: {sorted(x.name for x in p.iterdir())}" for p in RUN_ROOT.iterdir()] if RUN_ROOT.exists() else []
     assert not left, f"containers left behind by the tests: {[c.name for c in left]}"
     assert not dirs, f"session directories left behind by the tests: {dirs}"

@@ -14,8 +14,10 @@ router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"],
 
 
 @router.get("", response_model=FileList)
-async def list_files(service: Service, key: Key, session_id: str) -> FileList:
-    files = await service.list_files(key, session_id)
+async def list_files(service: Service, key: Key, session_id: str, path: str = "") -> FileList:
+    """Everything under the working directory (or under ``?path=sub/dir``), recursively;
+    symlinks are listed, never followed."""
+    files = await service.list_files(key, session_id, path)
     return FileList(files=[FileOut(**f.to_dict()) for f in files])
 
 

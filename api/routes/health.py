@@ -23,10 +23,13 @@ async def healthz(service: Service) -> Any:
     def probe() -> dict[str, Any]:
         try:
             client = connect(timeout=5)
-            status = image_status(client)
-            return {"engine": True, "image": status["tag"], "image_present": status["current"]}
         except SandboxError as exc:
             return {"engine": False, "engine_error": str(exc), "image_present": False}
+        try:
+            status = image_status(client)
+            return {"engine": True, "image": status["tag"], "image_present": status["current"]}
+        finally:
+            client.close()
 
     body = await anyio.to_thread.run_sync(probe)
     body.update({"pool": service.manager.pool_level, "pool_target": service.settings.pool_size,

@@ -96,6 +96,19 @@ def container_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     return kwargs
 
 
+_default: DockerRuntime | None = None
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> DockerRuntime:
+    """The process-wide Docker runtime: one client (and connection pool) for all sessions."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = DockerRuntime()
+        return _default
+
+
 class DockerRuntime(Runtime):
     """Runs sandbox containers on a Docker engine (``DOCKER_HOST`` or the local socket)."""
 
@@ -104,6 +117,12 @@ class DockerRuntime(Runtime):
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         self._client = client
         self._lock = threading.Lock()
+
+    async def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     @property
     def client(self) -> docker.DockerClient:

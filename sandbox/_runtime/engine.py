@@ -24,10 +24,13 @@ ENGINE_HINT = (
 
 def connect(timeout: float = 30.0) -> docker.DockerClient:
     """A docker client that has answered a ping; raises EngineUnavailableError."""
+    client: docker.DockerClient | None = None
     try:
         client = docker.from_env(timeout=int(timeout))
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        if client is not None:
+            client.close()
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise EngineUnavailableError(
             f"no Docker engine answers at {where}: {_short(exc)}; {ENGINE_HINT}"

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from api.main import create_app
+from api.main import server_for
 from api.settings import Settings
 
 KEY_A, KEY_B = "key-a-secret", "key-b-secret"
@@ -28,9 +27,7 @@ def free_port() -> int:
 @contextmanager
 def run_server(settings: Settings) -> Iterator[str]:
     """Serve create_app(settings) in a thread; yields its base URL; graceful stop."""
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = server_for(settings, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

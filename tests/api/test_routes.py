@@ -117,7 +117,7 @@ def test_file_routes(client_a: httpx.Client, session_a: str) -> None:
     base = f"/v1/sessions/{session_a}/files"
     assert client_a.put(f"{base}/in/data.csv", content=b"a,b\n1,2\n").status_code == 204
     listing = client_a.get(base).json()["files"]
-    assert {"path": "in/data.csv", "size": 8} == {k: listing[1][k] for k in ("path", "size")}
+    assert {k: listing[1][k] for k in ("path", "size")} == {"path": "in/data.csv", "size": 8}
     client_a.post(f"/v1/sessions/{session_a}/execute", json={
         "code": "import pandas as pd; pd.read_csv('in/data.csv').to_json('out.json')"})
     got = client_a.get(f"{base}/out.json")

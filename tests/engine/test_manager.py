@@ -22,7 +22,7 @@ from sandbox import (
 )
 from sandbox._manager import sweep_orphans
 from sandbox._runtime.base import LABEL_APP, LABEL_SESSION
-from sandbox._runtime.docker import DockerRuntime
+from sandbox._runtime.docker import default_runtime
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -108,7 +108,7 @@ async def test_sessions_of_a_killed_process_are_swept(engine: object, tmp_path: 
     container_id, run_dir = proc.stdout.split()
     assert Path(run_dir).is_dir()
     assert engine.containers.get(container_id).status == "running"  # type: ignore[attr-defined]
-    report = await sweep_orphans(DockerRuntime(), run_root)
+    report = await sweep_orphans(default_runtime(), run_root)
     assert report.containers >= 1
     assert not engine.containers.list(all=True, filters={"id": container_id})  # type: ignore[attr-defined]
     assert not Path(run_dir).exists()
