@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup venv engine image demo test lint unit bench doctor gc clean
+.PHONY: setup venv engine image demo test lint unit bench serve doctor gc clean
 
 setup: venv engine image  ## venv, Docker engine, kernel image: each skipped when already there
 
@@ -35,8 +35,12 @@ test: setup lint  ## everything, against the real engine
 unit: venv  ## pure-logic tests only (no engine)
 	$(BIN)/python -m pytest -q tests/unit
 
-bench: setup
+bench: setup  ## writes docs/benchmarks.md and docs/benchmarks-api.md (about 6 minutes)
 	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_api.py
+
+serve: setup
+	$(BIN)/agentbox serve
 
 doctor: venv
 	$(BIN)/agentbox doctor

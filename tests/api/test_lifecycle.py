@@ -135,3 +135,17 @@ def test_listening_beyond_loopback_needs_keys(tmp_path: Path) -> None:
                           env={k: v for k, v in os.environ.items()
                                if k not in ("AGENTBOX_API_KEYS", "AGENTBOX_API_KEYS_FILE")})
     assert proc.returncode == 2 and "without API keys" in proc.stderr
+
+
+def test_default_sessions_come_from_the_warm_pool(tmp_path: Path) -> None:
+    with run_server(make_settings(tmp_path, pool_size=1)) as url, \
+            httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/healthz").json()["pool"] < 1:
+            assert time.monotonic() < deadline, "the pool did not fill"
+            time.sleep(0.1)
+        pooled = client.post("/v1/sessions").json()
+        custom = client.post("/v1/sessions", json={"limits": {"memory_mb": 512}}).json()
+        assert pooled["from_pool"] is True and custom["from_pool"] is False
+        for sid in (pooled["id"], custom["id"]):
+            client.delete(f"/v1/sessions/{sid}")

@@ -1,0 +1,29 @@
+"""The history store on SQLite: ordered executions, retention, restart marking."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from api.store import HistoryStore
+
+
+async def test_history_is_ordered_durable_and_purged_after_retention(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    store = HistoryStore(url)
+    await store.add_session("s-1", "k-a", {"memory_mb": 1024}, {"team": "x"})
+    for code in ("a = 1", "a + 1"):
+        await store.add_execution("s-1", code, {"status": "ok", "duration_ms": 1.0,
+                                                "outputs": []}, time.time())
+    store.close()
+
+    reopened = HistoryStore(url)  # a restart: same file, WAL mode
+    history = await reopened.history("s-1")
+    assert [(h["seq"], h["code"]) for h in history] == [(1, "a = 1"), (2, "a + 1")]
+    await reopened.mark_open_sessions_closed()
+    row = await reopened.get_session("s-1")
+    assert row is not None and row["closed_at"] is not None and row["metadata"] == {"team": "x"}
+    assert await reopened.purge_closed_before(row["closed_at"] - 1) == 0  # still retained
+    assert await reopened.purge_closed_before(time.time() + 1) == 1
+    assert await reopened.get_session("s-1") is None and await reopened.history("s-1") == []
+    reopened.close()
