@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -121,3 +122,15 @@ async def test_sweep_leaves_live_sessions_alone() -> None:
         assert (await live.execute("'still here'")).text == "'still here'"
         found = await manager.runtime.list({LABEL_APP: "agentbox", LABEL_SESSION: live.id})
         assert len(found) == 1
+
+
+def test_agentbox_gc_removes_what_a_crashed_process_left(engine: object) -> None:
+    proc = subprocess.run([sys.executable, "-c", CRASHER], capture_output=True, text=True,
+                          timeout=60)
+    container_id, run_dir = proc.stdout.split()
+    gc = subprocess.run([sys.executable, "-m", "sandbox.cli", "gc"], capture_output=True,
+                        text=True, timeout=120)
+    assert gc.returncode == 0, gc.stderr
+    assert re.search(r"removed [1-9]\d* container\(s\)", " ".join(gc.stderr.split()))
+    assert not engine.containers.list(all=True, filters={"id": container_id})  # type: ignore[attr-defined]
+    assert not Path(run_dir).exists()
