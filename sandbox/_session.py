@@ -433,9 +433,9 @@ class AsyncSession:
                     return
                 if channel == "shell" and kind == "execute_reply":
                     replied = True
-                elif channel == "iopub" and kind == "status" and \
-                        msg.get("content", {}).get("execution_state") == "idle":
-                    idle = True
+                elif channel == "iopub" and kind == "status":
+                    content = msg.get("content")
+                    idle = isinstance(content, dict) and content.get("execution_state") == "idle"
         except SandboxError as exc:
             log.warning("session %s: ending an abandoned cell failed: %s", self.id, exc)
         finally:
