@@ -64,7 +64,10 @@ class SandboxService:
             idle_timeout_s=settings.default_idle_timeout_s,
             max_lifetime_s=settings.default_lifetime_s,
             reaper_interval_s=settings.reaper_interval_s, session_defaults=self.defaults))
-        self.store = store or HistoryStore(settings.resolved_database_url())
+        self.store = store or HistoryStore(settings.resolved_database_url(),
+                                           server_id=self.manager.instance_id)
+        # A server that has not beaten for this long is taken for dead by the others.
+        self.stale_after_s = max(60.0, 6 * settings.reaper_interval_s)
         self.metrics = Metrics()
         self.owned: dict[str, Owned] = {}
         self._janitor: asyncio.Task[None] | None = None
@@ -72,7 +75,7 @@ class SandboxService:
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        await self.store.mark_open_sessions_closed()
+        await self.store.heartbeat(self.stale_after_s)  # also closes what dead servers left
         await self.manager.start()  # also sweeps what a killed predecessor left
         self._janitor = asyncio.create_task(self._janitor_loop(), name="agentbox-janitor")
 
@@ -87,6 +90,7 @@ class SandboxService:
         for sid in list(self.owned):
             await self.store.close_session(sid)
         self.owned.clear()
+        await self.store.leave()
         self.store.close()
 
     async def drain(self, grace_s: float = 3.0) -> None:
@@ -112,6 +116,7 @@ class SandboxService:
             await asyncio.sleep(self.settings.reaper_interval_s)
             try:
                 await self._forget_closed()
+                await self.store.heartbeat(self.stale_after_s)
                 await self.store.purge_closed_before(time.time()
                                                      - self.settings.notebook_retention_s)
             except asyncio.CancelledError:

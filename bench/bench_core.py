@@ -672,6 +672,9 @@ def render_markdown(data: dict[str, Any], plot: str | None) -> str:
         "",
         f"This run: `{data['command']}`; raw samples in `{data.get('out', 'bench/results/core.json')}`.",
         "",
+        "What the HTTP API adds on top of these library calls is measured by `bench/bench_api.py`: "
+        "see [benchmarks-api.md](benchmarks-api.md).",
+        "",
         "Columns: percentiles are linear-interpolated over the *n* samples (with small *n*, p99 "
         "is close to the maximum); spread is min – max and the standard deviation; ratio is "
         "subject p50 / baseline p50 with a 95% bootstrap interval in brackets.",

@@ -481,6 +481,8 @@ class AsyncSession:
         :class:`ExecutionResult`. Closing the iterator early interrupts the cell."""
         if not isinstance(code, str):
             raise ConfigError("code must be a string")
+        if "\0" in code:
+            raise ConfigError("code contains a NUL byte, which Python source cannot hold")
         limit = self.config.execution_timeout_s if timeout is None else timeout
         if not isinstance(limit, int | float) or limit <= 0:
             raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")

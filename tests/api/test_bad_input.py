@@ -56,6 +56,8 @@ def test_malformed_and_mistyped_bodies(client_a: httpx.Client, session_a: str) -
     assert error_of(client_a.post(url, json={}), 422) == "invalid_request"
     assert error_of(client_a.post(url, json={"code": "1", "bogus": 1}), 422)
     assert error_of(client_a.post(url, json={"code": "1", "timeout_s": -1}), 422)
+    assert error_of(client_a.post(url, json={"code": "print(1)\n# \x00"}),
+                    422) == "invalid_settings"  # NUL: no Python source can hold it
     assert error_of(client_a.post("/v1/sessions", json={"limits": {"memory_mb": "lots"}}), 422)
     assert error_of(client_a.post("/v1/sessions", json={"env": {"PATH": "/evil"}}),
                     422) == "invalid_settings"

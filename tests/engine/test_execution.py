@@ -99,6 +99,14 @@ def test_full_mime_bundle_clear_and_update(box: Session) -> None:
     assert [o.text for o in cleared.outputs if isinstance(o, StreamOutput)] == ["kept\n"]
 
 
+def test_code_with_a_nul_byte_is_refused_at_once(box: Session) -> None:
+    from sandbox import ConfigError
+
+    with pytest.raises(ConfigError, match="NUL"):
+        box.execute("print(1)\n# \x00")
+    assert box.execute("'fine'").text == "'fine'"
+
+
 def test_input_fails_fast(box: Session) -> None:
     t0 = time.monotonic()
     result = box.execute("input('name? ')", timeout=20)
