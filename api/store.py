@@ -36,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from sandbox._manager import pid_alive
+
 metadata = MetaData()
 
 sessions = Table(
@@ -73,16 +75,6 @@ executions = Table(
     Column("duration_ms", Float, nullable=False),
     UniqueConstraint("session_id", "seq", name="uq_executions_session_seq"),
 )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class HistoryStore:
@@ -181,7 +173,7 @@ class HistoryStore:
                                                     last_seen=now))
             dead = [r.id for r in conn.execute(select(servers)) if r.id != self.server_id and (
                 r.last_seen < now - stale_after_s
-                or (r.host == host and not _pid_alive(r.pid)))]
+                or (r.host == host and not pid_alive(r.pid)))]
             alive = select(servers.c.id).where(servers.c.id.not_in(dead))
             closed = conn.execute(update(sessions).where(
                 sessions.c.closed_at.is_(None),

@@ -29,7 +29,6 @@ Statistics, formatting and machine details come from ``bench_core``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -62,6 +61,7 @@ from bench_core import (
     Recorder,
     _load,
     check_lib,
+    cli,
     fmt_ms,
     fmt_ratio,
     fmt_spread,
@@ -875,55 +875,9 @@ def print_summary(data: dict[str, Any]) -> None:
 
 # -- main -------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true",
-                        help="few repetitions (under a minute) instead of the full run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"JSON results (default: {DEFAULT_OUT.relative_to(REPO)})")
-    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT,
-                        help=f"Markdown report (default: {DEFAULT_REPORT.relative_to(REPO)})")
-    parser.add_argument("--no-report", action="store_true", help="write the JSON only")
-    parser.add_argument("--render-only", type=Path, metavar="JSON",
-                        help="measure nothing: rebuild the report from an earlier JSON")
-    args = parser.parse_args(argv)
-
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    console = Console(stderr=True)
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console)],
-                        format="%(message)s")
-
-    if args.render_only:
-        data = json.loads(args.render_only.read_text())
-        write_report(data, args.report, console)
-        print_summary(data)
-        return 0
-
-    plan = PLANS["quick" if args.quick else "full"]
-    console.print(f"[bold]agentbox API benchmark[/bold] ({plan.mode} mode)")
-    try:
-        data = asyncio.run(run(plan, console))
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        return 1
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; the servers removed their sessions[/yellow]")
-        return 130
-
-    out = args.out.resolve()
-    data["out"] = str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
-    console.print(f"results: {args.out}")
-    if not args.no_report:
-        write_report(data, args.report, console)
-    print_summary(data)
-    leaks = data["checks"]["leaked_containers"]
-    if leaks:
-        console.print(f"[red]containers left behind: {', '.join(leaks)}[/red]")
-        return 1
-    return 0
+    return cli(argv, title="agentbox API benchmark", doc=__doc__, plans=PLANS, run_plan=run,
+               report=write_report, summary=print_summary, default_out=DEFAULT_OUT,
+               default_report=DEFAULT_REPORT)
 
 
 if __name__ == "__main__":

@@ -862,14 +862,20 @@ def print_summary(data: dict[str, Any]) -> None:
 
 
 # -- main -------------------------------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def cli(argv: Sequence[str] | None, *, title: str, doc: str | None, plans: dict[str, Any],
+        run_plan: Callable[[Any, Any], Awaitable[dict[str, Any]]],
+        report: Callable[[dict[str, Any], Path, Any], None],
+        summary: Callable[[dict[str, Any]], None], default_out: Path,
+        default_report: Path) -> int:
+    """The command line shared by the bench scripts: measure (or --render-only), write
+    the JSON and the Markdown report, print a summary, fail on leaked containers."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     parser.add_argument("--quick", action="store_true",
                         help="few repetitions (about a minute) instead of the full run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"JSON results (default: {DEFAULT_OUT.relative_to(REPO)})")
-    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT,
-                        help=f"Markdown report (default: {DEFAULT_REPORT.relative_to(REPO)})")
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help=f"JSON results (default: {default_out.relative_to(REPO)})")
+    parser.add_argument("--report", type=Path, default=default_report,
+                        help=f"Markdown report (default: {default_report.relative_to(REPO)})")
     parser.add_argument("--no-report", action="store_true", help="write the JSON only")
     parser.add_argument("--render-only", type=Path, metavar="JSON",
                         help="measure nothing: rebuild the report from an earlier JSON")
@@ -884,14 +890,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.render_only:
         data = json.loads(args.render_only.read_text())
-        write_report(data, args.report, console)
-        print_summary(data)
+        report(data, args.report, console)
+        summary(data)
         return 0
 
-    plan = PLANS["quick" if args.quick else "full"]
-    console.print(f"[bold]agentbox core benchmark[/bold] ({plan.mode} mode)")
+    plan = plans["quick" if args.quick else "full"]
+    console.print(f"[bold]{title}[/bold] ({plan.mode} mode)")
     try:
-        data = asyncio.run(run(plan, console))
+        data = asyncio.run(run_plan(plan, console))  # type: ignore[arg-type]
     except BenchError as exc:
         console.print(f"[red]benchmark failed:[/red] {exc}")
         return 1
@@ -905,13 +911,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(json.dumps(data, indent=1) + "\n")
     console.print(f"results: {args.out}")
     if not args.no_report:
-        write_report(data, args.report, console)
-    print_summary(data)
+        report(data, args.report, console)
+    summary(data)
     leaks = data["checks"]["leaked_containers"]
     if leaks:
         console.print(f"[red]containers left behind: {', '.join(leaks)}[/red]")
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli(argv, title="agentbox core benchmark", doc=__doc__, plans=PLANS, run_plan=run,
+               report=write_report, summary=print_summary, default_out=DEFAULT_OUT,
+               default_report=DEFAULT_REPORT)
 
 
 if __name__ == "__main__":

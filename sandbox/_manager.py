@@ -48,7 +48,8 @@ class GarbageReport:
     directories: int
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,7 +69,7 @@ async def sweep_orphans(runtime: Runtime, run_root: Path, *,
     for c in containers:
         owner = c.labels.get(LABEL_OWNER_PID, "")
         same_host = c.labels.get(LABEL_HOST, host) == host
-        orphan = (same_host and owner.isdigit() and not _pid_alive(int(owner))) \
+        orphan = (same_host and owner.isdigit() and not pid_alive(int(owner))) \
             or not only_dead_owners
         if orphan:
             try:
