@@ -162,3 +162,26 @@ def test_health_metrics_and_docs(client_a: httpx.Client, server: str) -> None:
         spec = anon.get("/openapi.json").json()
         assert "/v1/sessions/{session_id}/execute" in spec["paths"]
         assert anon.get("/docs").status_code == 200
+
+
+def test_logs_are_structured_and_never_hold_code_output_or_keys(
+        client_a: httpx.Client, session_a: str, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from api.main import JsonLines
+    from tests.api.conftest import KEY_A
+
+    with caplog.at_level(logging.INFO, logger="agentbox.api"):
+        client_a.post(f"/v1/sessions/{session_a}/execute",
+                      json={"code": "secret = 'code-canary-91'\nprint('output-canary-37')"})
+    records = [r for r in caplog.records if r.name == "agentbox.api"]
+    lines = [JsonLines().format(r) for r in records]
+    parsed = [json.loads(line) for line in lines]
+    execution = next(p for p in parsed if p["msg"] == "execution")
+    assert execution["session_id"] == session_a and execution["status"] == "ok"
+    assert execution["duration_ms"] > 0
+    request = next(p for p in parsed if p["msg"] == "request" and p["method"] == "POST")
+    assert request["route"] == "/v1/sessions/{session_id}/execute" and request["status"] == 200
+    text = "\n".join(lines)
+    for secret in ("code-canary-91", "output-canary-37", KEY_A):
+        assert secret not in text
