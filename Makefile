@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup venv engine image postgres demo test lint unit bench serve doctor gc clean
+.PHONY: setup venv engine engine-gvisor image postgres demo test lint unit bench serve doctor gc clean
 
 setup: venv engine image  ## venv, Docker engine, kernel image: each skipped when already there
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 engine:
 	scripts/ensure-docker
 
+engine-gvisor:  ## the engine with gVisor (runsc) registered: the tests run the attacks under both
+	AGENTBOX_WITH_RUNSC=1 scripts/ensure-docker
+
 postgres:  ## PostgreSQL server binaries for the store tests (they start their own cluster)
 	scripts/ensure-postgres
 
@@ -32,7 +35,7 @@ lint: venv
 	$(BIN)/ruff check sandbox api tests bench kernel_image
 	$(BIN)/mypy
 
-test: setup lint postgres  ## everything, against the real engine
+test: setup engine-gvisor postgres lint  ## everything, against the real engine (runc and gVisor)
 	$(BIN)/python -m pytest -q
 
 unit: venv  ## pure-logic tests only (no engine)
