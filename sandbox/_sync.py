@@ -7,9 +7,12 @@ both; nothing is implemented twice.
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours (see below)
 import contextlib
 import queue
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -22,6 +25,16 @@ from sandbox._outputs import Event
 from sandbox._session import AsyncSession, SessionState
 
 _END = object()
+_open_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+def _close_open_sessions() -> None:
+    """At interpreter exit, close what the program forgot to, while the portal threads
+    still run. Registered with threading's own exit hooks, which run (last registered,
+    first) before concurrent.futures stops its workers; a plain atexit hook is too late."""
+    for session in list(_open_sessions):
+        with contextlib.suppress(Exception):
+            session.close()
 
 
 class Session:
@@ -40,6 +53,7 @@ class Session:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Session:
+        _open_sessions.add(self)
         try:
             self._portal.call(self._async.start)
         except BaseException:
@@ -59,6 +73,7 @@ class Session:
         """Remove the container and host files; idempotent."""
         if self._closed:
             return
+        _open_sessions.discard(self)
         try:
             self._portal.call(self._async.close)
         finally:
@@ -69,6 +84,8 @@ class Session:
         self._portal_cm.__exit__(None, None, None)
 
     def __del__(self) -> None:  # a forgotten session must not leak a container
+        if sys.is_finalizing():
+            return  # too late to use threads; _close_open_sessions ran before this
         if not getattr(self, "_closed", True):
             with contextlib.suppress(Exception):  # best effort during garbage collection
                 self.close()
@@ -168,3 +185,11 @@ class Session:
 
 async def _make(config: SandboxConfig | None, kwargs: dict[str, Any]) -> AsyncSession:
     return AsyncSession(config, **kwargs)
+
+
+try:
+    threading._register_atexit(_close_open_sessions)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
+    import atexit
+
+    atexit.register(_close_open_sessions)

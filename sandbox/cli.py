@@ -7,6 +7,8 @@
     agentbox run FILE [-o OUT.ipynb] [--server URL]     a .py (# %% cells) or .ipynb, cell by cell
     agentbox serve [--host H] [--port P] [--pool-size N]  the HTTP API
     agentbox gc                                         remove containers/dirs left by dead managers
+    agentbox kernelspec install [--user|--prefix P]     a Jupyter kernel that runs in a sandbox
+    agentbox mcp [--transport stdio|streamable-http]    sandboxes as Model Context Protocol tools
 
 Every failure prints one line saying what failed and what to do, and exits
 non-zero; ``--debug`` shows the traceback instead.
@@ -150,6 +152,34 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kernelspec_install(args: argparse.Namespace) -> int:
+    import sys
+
+    from sandbox.provisioner import install_kernel_spec
+
+    config: dict[str, object] = {}
+    if args.memory_mb is not None:
+        config["memory_mb"] = args.memory_mb
+    if args.cpus is not None:
+        config["cpus"] = args.cpus
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    try:
+        where = install_kernel_spec(args.name, user=args.user, prefix=prefix,
+                                    display_name=args.display_name, config=config)
+    except (OSError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] cannot install the kernelspec: {_escape(str(exc))}")
+        return 2
+    print(f"Installed kernelspec {args.name} in {where}")
+    return 0
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from sandbox.mcp_server import run
+
+    run(args.transport, args.host, args.port, allow_remote=args.allow_remote)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentbox", description="Agent Box: hardened Jupyter sandboxes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -195,6 +225,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc = sub.add_parser("gc", help="remove containers and directories left by dead managers")
     gc.set_defaults(func=_cmd_gc)
+
+    kernelspec = sub.add_parser("kernelspec", help="Jupyter kernelspec running kernels in sandboxes")
+    ks = kernelspec.add_subparsers(dest="kernelspec_cmd", required=True)
+    ks_install = ks.add_parser("install", help="install the Agent Box kernelspec (any Jupyter front end)")
+    ks_install.add_argument("--name", default="agentbox", help="kernel name (default: agentbox)")
+    ks_install.add_argument("--display-name", default="Python 3 (Agent Box sandbox)")
+    where = ks_install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for the current user")
+    where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (this venv)")
+    where.add_argument("--prefix", help="install under PREFIX/share/jupyter/kernels")
+    ks_install.add_argument("--memory-mb", type=int, help="the sandbox's memory limit")
+    ks_install.add_argument("--cpus", type=float, help="the sandbox's CPU limit")
+    ks_install.set_defaults(func=_cmd_kernelspec_install)
+
+    mcp = sub.add_parser("mcp", help="serve sandboxes over the Model Context Protocol "
+                         "(one sandbox per MCP session)")
+    mcp.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
+    mcp.add_argument("--host", default="127.0.0.1", help="streamable-http bind address")
+    mcp.add_argument("--port", type=int, default=8000, help="streamable-http port")
+    mcp.add_argument("--allow-remote", action="store_true",
+                     help="allow a non-loopback --host (the endpoint has no authentication)")
+    mcp.set_defaults(func=_cmd_mcp)
     return parser
 
 

@@ -1,0 +1,515 @@
+"""A jupyter_client kernel provisioner that runs each kernel in an Agent Box container.
+
+With the kernelspec that ``agentbox kernelspec install`` writes, JupyterLab,
+nbclient, papermill and every other Jupyter front end run their cells inside
+the same hardened container a :class:`~sandbox.AsyncSession` uses (no network,
+read-only root, unprivileged uid, limits), with no other change::
+
+    agentbox kernelspec install --user
+    jupyter lab                      # pick "Python 3 (Agent Box sandbox)"
+    papermill in.ipynb out.ipynb -k agentbox
+
+How it works. The kernelspec's ``metadata.kernel_provisioner`` names this class
+(entry point ``agentbox-provisioner``), so the KernelManager asks it, not a
+``Popen``, to run the kernel:
+
+- ``pre_launch`` makes a run directory per kernel (``$AGENTBOX_RUN_ROOT/s-<id>``,
+  mode 0700, owned by the kernel's uid when we are root; it is bind-mounted at
+  ``/run/kernel``) and sets the KernelManager's transport to ZMQ ``ipc`` with
+  fixed "ports" 1..5 and ``ip`` = ``<run dir>/k1``, so the manager and its
+  clients use the host paths of the kernel's sockets. The KernelManager writes
+  its own (host-side) connection file as usual; this provisioner writes the
+  container-side one, ``<run dir>/kernel.json``, with the same key and ports and
+  ``ip`` = ``/run/kernel/k1``. A new run directory gets a fresh 256-bit key.
+- ``launch_kernel`` starts the container (``agentbox-init`` as PID 1 starts the
+  kernel from ``AGENTBOX_AUTOSTART=kernel.json``) and returns once the kernel's
+  five sockets exist, failing fast when the kernel or container dies first.
+- ``poll``/``wait`` ask ``agentbox-init`` whether the kernel runs (the engine when
+  init does not answer); ``send_signal`` goes through init's ``signal`` op, so
+  SIGINT interrupts a cell (the kernelspec uses ``interrupt_mode: "signal"``),
+  falling back to ``docker kill -s``; ``kill``/``terminate`` use init too and
+  remove the container when it does not answer (or when not restarting).
+- Restart keeps the container: ``cleanup(restart=True)`` keeps the container
+  and run directory, and the next ``launch_kernel`` asks init to kill every
+  process in the container and start a fresh kernel from the same connection
+  file. Variables are lost, files in ``/home/sandbox`` are kept (like
+  ``AsyncSession.restart``), and the socket paths, ports and key stay the same,
+  so connected clients simply reconnect. When init does not answer, a new
+  container is started in the same run directory (files lost).
+- ``cleanup`` (not restarting) removes the container and the run directory; it
+  is idempotent. Containers carry the usual labels (app, session, run dir,
+  owner pid, host), so ``agentbox gc`` removes what a crashed Jupyter left.
+
+Settings: the provisioner's traits, from the kernelspec
+(``metadata.kernel_provisioner.config``, e.g. ``{"memory_mb": 2048}``) or from
+Jupyter config (``c.AgentBoxProvisioner.cpus = 2``); ``sandbox_config`` takes any
+other :class:`~sandbox.SandboxConfig` field. The kernelspec's ``env`` stanza is
+the only environment passed to the kernel (validated like ``SandboxConfig.env``);
+nothing else of the host's environment reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.manager import KernelManager
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import Dict, Float, Integer, Unicode
+
+from sandbox._config import SandboxConfig, default_base_dir, make_config
+from sandbox._exceptions import SandboxError, SessionStartError
+from sandbox._kernel import PORTS, InitClient, InitUnavailable
+from sandbox._runtime.base import (
+    CONTAINER_RUN_DIR,
+    LABEL_APP,
+    LABEL_HOST,
+    LABEL_OWNER_PID,
+    LABEL_RUN_DIR,
+    LABEL_SESSION,
+    ContainerSpec,
+    Runtime,
+)
+
+PROVISIONER_NAME = "agentbox-provisioner"
+KERNEL_NAME = "agentbox"
+DISPLAY_NAME = "Python 3 (Agent Box sandbox)"
+LABEL_KERNEL_ID = "org.agentbox.kernel-id"
+
+CONNECTION_FILE = "kernel.json"  # the container-side connection file, in the run dir
+SOCKET_PREFIX = "k1"  # sockets are <run dir>/k1-1 .. k1-5 (/run/kernel/k1-N inside)
+INIT_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGQUIT})
+PING_TIMEOUT_S = 2.0
+KILL_TIMEOUT_S = 5.0  # init's kill waits up to 3 s for stubborn processes
+
+
+class AgentBoxProvisioner(KernelProvisionerBase):
+    """Runs the kernel in a hardened Agent Box container (see the module docstring)."""
+
+    memory_mb = Integer(None, allow_none=True, config=True,
+                        help="Memory limit of the sandbox in MiB (default: SandboxConfig's).")
+    cpus = Float(None, allow_none=True, config=True,
+                 help="CPU limit of the sandbox (default: SandboxConfig's).")
+    pids = Integer(None, allow_none=True, config=True,
+                   help="Process limit of the sandbox (default: SandboxConfig's).")
+    image = Unicode(None, allow_none=True, config=True,
+                    help="Kernel image (default: the tag built from this package).")
+    sandbox_config = Dict(config=True,
+                          help="Any other SandboxConfig fields, e.g. {'execution_timeout_s': 600}."
+                               " Hardening settings are loosened only when named here.")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.runtime: Runtime | None = None  # default: the process-wide Docker runtime
+        self.session_id: str | None = None
+        self.run_dir: Path | None = None
+        self.container_id: str | None = None
+        self._config: SandboxConfig | None = None
+        self._containers = 0  # containers started for this run dir (names them)
+        self._generation = 0  # agentbox-init's count of kernels started in the container
+        self._exit_code: int | None = None
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def has_process(self) -> bool:
+        """True while a container for this kernel exists."""
+        return self.container_id is not None
+
+    def _runtime(self) -> Runtime:
+        if self.runtime is None:
+            from sandbox._runtime.docker import default_runtime
+
+            self.runtime = default_runtime()
+        return self.runtime
+
+    def _init(self) -> InitClient:
+        if self.run_dir is None:
+            raise SandboxError("the kernel has no run directory (not launched)")
+        return InitClient(self.run_dir)
+
+    def _manager(self) -> KernelManager:
+        km = self.parent
+        if not isinstance(km, KernelManager):
+            raise RuntimeError("AgentBoxProvisioner must be created by a jupyter_client "
+                               "KernelManager")
+        return km
+
+    def _socket_paths(self) -> list[Path]:
+        assert self.run_dir is not None
+        return [self.run_dir / f"{SOCKET_PREFIX}-{port}" for port in PORTS.values()]
+
+    def _remove_sockets(self) -> None:
+        for path in self._socket_paths():
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def build_config(self, env: dict[str, str] | None = None) -> SandboxConfig:
+        """The SandboxConfig for this kernel: defaults, then the traits (validated)."""
+        values: dict[str, object] = dict(self.sandbox_config)
+        for name in ("memory_mb", "cpus", "pids", "image"):
+            value = getattr(self, name)
+            if value is not None:
+                values[name] = value
+        if env:
+            base = values.get("env")
+            values["env"] = {**(base if isinstance(base, dict) else {}), **env}
+        return make_config(values)
+
+    # -- launch -----------------------------------------------------------------------
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        km = self._manager()
+        kwargs.pop("transport_encryption", None)  # CurveZMQ: not declared by the kernelspec
+        extra_arguments: list[str] = kwargs.pop("extra_arguments", [])
+        kwargs = await super().pre_launch(**kwargs)  # kernelspec env substitutions
+        full_env: dict[str, str] = kwargs.get("env") or {}
+        spec_env = self.kernel_spec.env if self.kernel_spec is not None else {}
+        # Only the kernelspec's own env stanza reaches the sandbox, never the host's.
+        env = {name: str(full_env.get(name, value)) for name, value in spec_env.items()}
+        config = self.build_config(env)
+        self._config = config
+
+        fresh = self.run_dir is None
+        if fresh:
+            self.session_id = f"s-{secrets.token_hex(6)}"
+            self.run_dir = default_base_dir() / self.session_id
+            self._containers = 0
+            self._make_run_dir(config)
+        assert self.run_dir is not None
+        try:
+            if fresh:
+                # A new run dir: new socket paths and a fresh 256-bit key. (On a restart
+                # both stay, so clients already connected simply reconnect.)
+                if km._connection_file_written:
+                    km.cleanup_connection_file()
+                km.session.key = secrets.token_hex(32).encode()
+            km.transport = "ipc"
+            km.ip = str(self.run_dir / SOCKET_PREFIX)
+            for name, port in PORTS.items():
+                setattr(km, name, port)
+            session_name = full_env.get("JPY_SESSION_NAME")
+            if session_name is not None:
+                km.write_connection_file(jupyter_session=session_name)
+            else:
+                km.write_connection_file()
+            self.connection_info = km.get_connection_info()
+            self._write_container_connection_file(km, config)
+            kwargs["cmd"] = km.format_kernel_cmd(extra_arguments=extra_arguments)
+        except BaseException:
+            if fresh:
+                await self._teardown()
+            raise
+        return kwargs
+
+    def _make_run_dir(self, config: SandboxConfig) -> None:
+        assert self.run_dir is not None
+        self.run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            # Only the kernel's uid (and root on the host) may use the sockets.
+            os.chown(self.run_dir, config.uid, config.gid)
+
+    def _write_container_connection_file(self, km: KernelManager, config: SandboxConfig) -> None:
+        """``kernel.json`` as the kernel sees it: same key and ports, container paths."""
+        assert self.run_dir is not None
+        key = km.session.key
+        info = {
+            "transport": "ipc",
+            "ip": f"{CONTAINER_RUN_DIR}/{SOCKET_PREFIX}",
+            "key": key.decode() if isinstance(key, bytes) else str(key),
+            "signature_scheme": km.session.signature_scheme,
+            "kernel_name": km.kernel_name or KERNEL_NAME,
+            **PORTS,
+        }
+        path = self.run_dir / CONNECTION_FILE
+        # The run dir is writable from inside the sandbox: never follow what is there.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh)
+        if os.geteuid() == 0:
+            os.chown(path, config.uid, config.gid)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Start the kernel (in place after a restart, else in a new container); return
+        once its sockets exist. ``cmd`` is not run: the container's init starts the kernel."""
+        config = self._config
+        if config is None or self.run_dir is None:
+            raise RuntimeError("launch_kernel called before pre_launch")
+        deadline = time.monotonic() + config.start_timeout_s
+        self._exit_code = None
+        try:
+            if not await self._start_in_place():
+                await self._start_container(config)
+            await self._wait_for_sockets(deadline)
+        except BaseException:
+            await self._teardown()
+            raise
+        self.log.debug("kernel %s runs in container %s (run dir %s)", self.kernel_id,
+                       (self.container_id or "")[:12], self.run_dir)
+        return self.connection_info
+
+    async def _start_in_place(self) -> bool:
+        """Kill every process in the existing container, start a fresh kernel there.
+        False when there is no container or its init does not cooperate."""
+        if self.container_id is None:
+            return False
+        init = self._init()
+        try:
+            killed = await init.request({"op": "kill"}, timeout=KILL_TIMEOUT_S)
+            if not killed.get("ok"):
+                return False
+            self._remove_sockets()
+            started = await init.request({"op": "start", "connection_file": CONNECTION_FILE},
+                                         timeout=PING_TIMEOUT_S)
+        except InitUnavailable as exc:
+            self.log.warning("kernel %s: restart in place failed (%s); starting a new "
+                             "container", self.kernel_id, exc)
+            return False
+        generation = started.get("generation")
+        if not started.get("ok") or not isinstance(generation, int):
+            self.log.warning("kernel %s: agentbox-init refused to start a kernel (%s); "
+                             "starting a new container", self.kernel_id, started.get("error"))
+            return False
+        self._generation = generation
+        return True
+
+    async def _start_container(self, config: SandboxConfig) -> None:
+        assert self.run_dir is not None and self.session_id is not None
+        await self._remove_container()
+        self._remove_sockets()
+        with contextlib.suppress(OSError):
+            (self.run_dir / "init.sock").unlink()
+        from sandbox._image import image_tag
+
+        self._containers += 1
+        labels = {LABEL_APP: "agentbox", LABEL_SESSION: self.session_id,
+                  LABEL_RUN_DIR: str(self.run_dir), LABEL_OWNER_PID: str(os.getpid()),
+                  LABEL_HOST: socket.gethostname()}
+        if isinstance(self.kernel_id, str) and self.kernel_id:
+            labels[LABEL_KERNEL_ID] = self.kernel_id
+        spec = ContainerSpec(
+            name=f"agentbox-{self.session_id}-{self._containers}",
+            image=config.image or image_tag(), config=config, run_dir=self.run_dir,
+            env={**config.env, "AGENTBOX_AUTOSTART": CONNECTION_FILE}, labels=labels,
+        )
+        self.container_id = await self._runtime().start(spec)
+        self._generation = 1
+
+    async def _wait_for_sockets(self, deadline: float) -> None:
+        paths = self._socket_paths()
+        next_check = time.monotonic() + 0.25
+        while not all(p.exists() for p in paths):
+            now = time.monotonic()
+            if now >= deadline:
+                raise SessionStartError("the sandboxed kernel did not bind its sockets before "
+                                        "the start deadline (start_timeout_s)",
+                                        session_id=self.session_id)
+            if now >= next_check:
+                next_check = now + 0.25
+                if await self.poll() is not None:
+                    raise SessionStartError("the sandboxed kernel exited while starting",
+                                            session_id=self.session_id)
+            await asyncio.sleep(0.01)
+
+    # -- process-like interface ----------------------------------------------------------
+    async def poll(self) -> int | None:
+        """None while the kernel runs, else its exit code (negative: killed by a signal)."""
+        container = self.container_id
+        if container is None:
+            return self._exit_code if self._exit_code is not None else 0
+        try:
+            reply = await self._init().request({"op": "ping"}, timeout=PING_TIMEOUT_S)
+        except InitUnavailable:
+            try:
+                state = await self._runtime().state(container)
+            except SandboxError:
+                return None  # the engine hiccuped: not known to be dead
+            if state.running:
+                return None  # init busy (e.g. killing a fork bomb): not known to be dead
+            return state.exit_code if state.exit_code is not None else -int(signal.SIGKILL)
+        if reply.get("alive") is True:
+            return None
+        return await self._exit_status()
+
+    async def _exit_status(self) -> int:
+        if self._exit_code is None:
+            code = 1
+            with contextlib.suppress(InitUnavailable):
+                reply = await self._init().request(
+                    {"op": "wait", "generation": self._generation}, timeout=PING_TIMEOUT_S)
+                info = reply.get("exit")
+                if isinstance(info, dict):
+                    exit_code, sig = info.get("exit_code"), info.get("signal")
+                    if isinstance(exit_code, int):
+                        code = exit_code
+                    elif isinstance(sig, int):
+                        code = -sig
+            self._exit_code = code
+        return self._exit_code
+
+    async def wait(self) -> int | None:
+        while True:
+            code = await self.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(0.1)
+
+    async def send_signal(self, signum: int) -> None:
+        """Signal the kernel's process group through init (``docker kill -s`` if it fails)."""
+        container = self.container_id
+        if container is None or signum == 0:
+            return
+        if signum in INIT_SIGNALS:
+            try:
+                await self._init().request({"op": "signal", "signum": int(signum)},
+                                           timeout=PING_TIMEOUT_S)
+                return  # sent, or no kernel is running: nothing to signal
+            except InitUnavailable:
+                pass
+        # init forwards SIGINT to the kernel; SIGTERM makes it end the container.
+        with contextlib.suppress(SandboxError):
+            await self._runtime().signal(container, int(signum))
+
+    async def kill(self, restart: bool = False) -> None:
+        """Kill every process in the container (restart), or remove the container."""
+        if self.container_id is None:
+            return
+        if restart:
+            with contextlib.suppress(InitUnavailable):
+                reply = await self._init().request({"op": "kill"}, timeout=KILL_TIMEOUT_S)
+                if reply.get("ok"):
+                    return
+        await self._remove_container()
+
+    async def terminate(self, restart: bool = False) -> None:
+        """SIGTERM to the kernel; the container is removed when init does not answer."""
+        if self.container_id is None:
+            return
+        try:
+            await self._init().request({"op": "signal", "signum": int(signal.SIGTERM)},
+                                       timeout=PING_TIMEOUT_S)
+        except InitUnavailable:
+            if not restart:
+                await self._remove_container()
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Restart: keep the container and run dir. Else remove both (idempotent)."""
+        if restart:
+            if self.run_dir is not None:
+                self._remove_sockets()
+            return
+        await self._teardown()
+
+    async def _remove_container(self) -> None:
+        container, self.container_id = self.container_id, None
+        if container is None:
+            return
+        if self._exit_code is None:
+            self._exit_code = -int(signal.SIGKILL)
+        try:
+            await asyncio.shield(self._runtime().remove(container))
+        except SandboxError as exc:
+            self.log.warning("kernel %s: container %s not removed (%s); `agentbox gc` will "
+                             "remove it once this process is gone", self.kernel_id,
+                             container[:12], exc)
+
+    async def _teardown(self) -> None:
+        run_dir = self.run_dir
+        try:
+            await self._remove_container()
+        finally:
+            self.run_dir = None
+            self.session_id = None
+            if run_dir is not None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+    # -- persistence ----------------------------------------------------------------------
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()
+        info.update({
+            "session_id": self.session_id,
+            "run_dir": str(self.run_dir) if self.run_dir is not None else None,
+            "container_id": self.container_id,
+            "generation": self._generation,
+            "containers": self._containers,
+            "sandbox_config": (self._config.model_dump(mode="json")
+                               if self._config is not None else None),
+        })
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        run_dir = provisioner_info.get("run_dir")
+        self.run_dir = Path(run_dir) if isinstance(run_dir, str) else None
+        self.session_id = provisioner_info.get("session_id")
+        self.container_id = provisioner_info.get("container_id")
+        self._generation = int(provisioner_info.get("generation") or 0)
+        self._containers = int(provisioner_info.get("containers") or 0)
+        config = provisioner_info.get("sandbox_config")
+        self._config = make_config(config) if isinstance(config, dict) else None
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        if self._config is not None:
+            return max(recommended, self._config.start_timeout_s)
+        return recommended
+
+
+# -- kernelspec ----------------------------------------------------------------------------
+def kernel_spec_dict(display_name: str = DISPLAY_NAME,
+                     config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``kernel.json`` of the Agent Box kernelspec.
+
+    ``argv`` is never run (the provisioner starts the kernel in a container) but is a
+    valid ipykernel command line, as front ends expect one.
+    """
+    return {
+        "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": display_name,
+        "language": "python",
+        "interrupt_mode": "signal",
+        "env": {},
+        "metadata": {
+            "kernel_provisioner": {
+                "provisioner_name": PROVISIONER_NAME,
+                "config": dict(config or {}),
+            },
+        },
+    }
+
+
+def install_kernel_spec(name: str = KERNEL_NAME, *, user: bool = False,
+                        prefix: str | None = None, display_name: str = DISPLAY_NAME,
+                        config: dict[str, Any] | None = None) -> str:
+    """Install the kernelspec (system-wide, ``user``, or under ``prefix``); its directory.
+
+    *config* holds the provisioner's settings (``memory_mb``, ``cpus``, ``pids``,
+    ``image``, ``sandbox_config``); they are validated now (ConfigError), not at the
+    first kernel start.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    AgentBoxProvisioner(**(config or {})).build_config()
+
+    with tempfile.TemporaryDirectory(prefix="agentbox-kernelspec-") as tmp:
+        os.chmod(tmp, 0o755)  # noqa: S103 - copied with its mode: every Jupyter user reads it
+        spec_file = Path(tmp) / "kernel.json"
+        spec_file.write_text(json.dumps(kernel_spec_dict(display_name, config), indent=1) + "\n")
+        spec_file.chmod(0o644)
+        destination: str = KernelSpecManager().install_kernel_spec(tmp, kernel_name=name, user=user,
+                                                              prefix=prefix)
+    return destination
+
+
+__all__ = ["AgentBoxProvisioner", "install_kernel_spec", "kernel_spec_dict"]
