@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import nbformat
 import pytest
-import uvicorn
 
 from api.client import (
     AgentBoxClient,
@@ -22,46 +17,16 @@ from api.client import (
     RemoteSession,
     _items,
 )
-from api.main import create_app
-from api.settings import Settings
 from sandbox import ErrorOutput, ExecutionResult, FileInfo, StreamOutput
+from tests.api.conftest import KEY_A, KEY_B, make_settings, run_server
 
 pytestmark = pytest.mark.usefixtures("engine")
 
-KEY_A, KEY_B = "key-a", "key-b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_server(data_dir: Path, **settings: object) -> Iterator[str]:
-    """The real app on a free loopback port, served from a background thread."""
-    port = free_port()
-    app = create_app(Settings(data_dir=data_dir, pool_size=0, **settings))  # type: ignore[arg-type]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", ws="none"))
-    thread = threading.Thread(target=server.run, name="agentbox-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive(), "the server did not start (see its log above)"
-        assert time.monotonic() < deadline, "the server did not start within 60 s"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "the server did not stop"
 
 
 @pytest.fixture(scope="module")
 def client_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("api-data"), api_keys=f"{KEY_A},{KEY_B}") as url:
+    with run_server(make_settings(tmp_path_factory.mktemp("api-data"))) as url:
         yield url
 
 
