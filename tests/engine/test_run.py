@@ -13,7 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from sandbox._run import split_cells
-from tests.api.test_client import running_server
+from tests.api.conftest import KEY_A, make_settings, run_server
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -146,14 +146,14 @@ def test_split_cells() -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("run-api"), api_keys="run-key") as url:
+    with run_server(make_settings(tmp_path_factory.mktemp("run-api"))) as url:
         yield url
 
 
 def test_server_runs_the_file_remotely(server: str, tmp_path: Path) -> None:
     (tmp_path / "analysis.py").write_text(SCRIPT)
     proc = agentbox_run("analysis.py", "-o", "remote.ipynb", "--server", server, cwd=tmp_path,
-                        env={"AGENTBOX_API_KEY": "run-key"})
+                        env={"AGENTBOX_API_KEY": KEY_A})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"on {server}" in proc.stdout and "hello from cell one" in proc.stdout
     assert (tmp_path / "remote-figure-1.png").read_bytes()[:8] == PNG
@@ -161,7 +161,7 @@ def test_server_runs_the_file_remotely(server: str, tmp_path: Path) -> None:
     nbformat.validate(nb)
     assert len(nb.cells) == 3 and any("image/png" in o.get("data", {}) for o in nb.cells[2].outputs)
     (tmp_path / "broken.py").write_text(FAILING)
-    failed = agentbox_run("broken.py", "--server", server, "--api-key", "run-key", cwd=tmp_path)
+    failed = agentbox_run("broken.py", "--server", server, "--api-key", KEY_A, cwd=tmp_path)
     assert failed.returncode == 1 and "cell two broke" in failed.stdout
     denied = agentbox_run("analysis.py", "--server", server, "--api-key", "wrong", cwd=tmp_path)
     assert denied.returncode == 2
