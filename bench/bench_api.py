@@ -15,7 +15,8 @@ What is measured (p50/p95/p99, min/max and stdev; raw samples kept):
 2. ``1+1`` through ``POST /v1/sessions/{id}/execute``, as JSON and as server-sent
    events (``Accept: text/event-stream``), against ``await session.execute("1+1")``;
    ``GET /v1/sessions/{id}`` as the HTTP floor (no kernel involved).
-3. The same for a 10,000-row DataFrame display.
+3. The same for a 10,000-row DataFrame display and for a matplotlib figure (one
+   inline PNG of about 27 kB, 36 kB as base64 in the JSON).
 4. The SQLite history write alone (``HistoryStore.add_execution``): every API execute
    writes one row before it answers.
 5. Pool acquire with ``pool_size=2``: ``POST /v1/sessions`` against
@@ -55,11 +56,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import (
     DATAFRAME,
+    MATPLOTLIB,
     REPO,
     TRIVIAL,
     BenchError,
     Recorder,
     _load,
+    agentbox_containers,
+    check_image,
     check_lib,
     cli,
     fmt_ms,
@@ -68,6 +72,8 @@ from bench_core import (
     git_state,
     machine_info,
     percentile,
+    progress_display,
+    write_markdown,
 )
 
 DEFAULT_OUT = REPO / "bench" / "results" / "api.json"
@@ -75,7 +81,8 @@ DEFAULT_REPORT = REPO / "docs" / "benchmarks-api.md"
 PLOT_NAME = "bench-api.png"
 SCHEMA = 1
 TARGET_MS = 2.0  # from the issue: the API adds under 2 ms at p50 per execute
-EXECUTE_GROUPS = ("trivial", "dataframe")
+EXECUTE_GROUPS = ("trivial", "dataframe", "figure")
+CODE_OF = {"trivial": TRIVIAL, "dataframe": DATAFRAME, "figure": MATPLOTLIB}
 
 
 @dataclass(frozen=True)
@@ -85,14 +92,17 @@ class Plan:
     pool: int  # pool takes, each side
     trivial: int  # 1+1 executes, each side (JSON, SSE, library, HTTP floor)
     dataframe: int  # DataFrame executes, each side
+    figure: int  # matplotlib figure executes, each side
     history: int  # lone history writes, per result shape
     warmup: int = 5
     block: int = 10  # sides alternate in blocks of this many calls
 
 
 PLANS = {
-    "quick": Plan("quick", create=12, pool=12, trivial=200, dataframe=40, history=100, block=5),
-    "full": Plan("full", create=40, pool=40, trivial=500, dataframe=120, history=300, block=10),
+    "quick": Plan("quick", create=8, pool=8, trivial=200, dataframe=30, figure=15, history=100,
+                  block=5),
+    "full": Plan("full", create=30, pool=30, trivial=500, dataframe=120, figure=40, history=300,
+                 block=10),
 }
 
 
@@ -114,6 +124,11 @@ def free_port() -> int:
 def check_api(code: str, body: dict[str, Any]) -> None:
     if body.get("status") != "ok":
         raise BenchError(f"{code!r} through the API ended {body.get('status')}: {body.get('notes')}")
+    if code == MATPLOTLIB:
+        if not any("image/png" in o.get("data", {}) for o in body.get("outputs", [])
+                   if o.get("type") == "display_data"):
+            raise BenchError("the matplotlib cell through the API displayed no PNG")
+        return
     results = [o for o in body.get("outputs", []) if o.get("type") == "execute_result"]
     if not results:
         raise BenchError(f"{code!r} through the API displayed nothing")
@@ -347,7 +362,8 @@ class Bench:
 
         r = self.rec
         cells = [("trivial", TRIVIAL, "1+1", self.plan.trivial),
-                 ("dataframe", DATAFRAME, "10,000-row DataFrame", self.plan.dataframe)]
+                 ("dataframe", DATAFRAME, "10,000-row DataFrame", self.plan.dataframe),
+                 ("figure", MATPLOTLIB, "matplotlib figure", self.plan.figure)]
         for key, _code, label, _n in cells:
             r.define(f"api.json.{key}", key, f"{label}: API, JSON",
                      "POST .../execute to the parsed JSON body")
@@ -392,7 +408,8 @@ class Bench:
 
         r, g = self.rec, "history"
         shapes = [("trivial", TRIVIAL, "history write alone: 1+1 result"),
-                  ("dataframe", DATAFRAME, "history write alone: DataFrame result")]
+                  ("dataframe", DATAFRAME, "history write alone: DataFrame result"),
+                  ("figure", MATPLOTLIB, "history write alone: figure (PNG) result")]
         for key, _code, label in shapes:
             r.define(f"store.{key}", g, label, "HistoryStore.add_execution, separate SQLite file")
         store = HistoryStore(f"sqlite:///{self.tmp / 'history-alone' / 'history.sqlite3'}")
@@ -477,10 +494,7 @@ class Bench:
 
     # -- containers -------------------------------------------------------------------------------
     def containers(self, mine: bool) -> list[str]:
-        from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
-
-        labels = [f"{LABEL_APP}=agentbox"] + ([f"{LABEL_OWNER_PID}={os.getpid()}"] if mine else [])
-        return [c.name for c in self.docker.containers.list(all=True, filters={"label": labels})]
+        return agentbox_containers(self.docker, mine=mine)
 
 
 def git_info() -> dict[str, Any]:
@@ -517,28 +531,13 @@ class _Sink(io.TextIOBase):
 
 # -- the run ------------------------------------------------------------------------------------
 async def run(plan: Plan, console: Any) -> dict[str, Any]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     production_logging()
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="agentbox-bench-api-") as tmpdir, \
-            Progress(*columns, console=console, transient=False) as progress:
+            progress_display(console) as progress:
         tmp = Path(tmpdir)
         bench = Bench(plan, progress, tmp)
-        try:
-            bench.docker.images.get(bench.image)
-        except Exception as exc:
-            raise BenchError(f"kernel image {bench.image} not found ({exc}); run `make image`") \
-                from exc
+        check_image(bench.docker, bench.image)
         machine = machine_info(bench.docker, bench.image)
         before = {"agentbox_containers": len(bench.containers(mine=False)),
                   "mine": bench.containers(mine=True)}
@@ -582,7 +581,7 @@ async def run(plan: Plan, console: Any) -> dict[str, Any]:
     import starlette
     import uvicorn
 
-    return {
+    data: dict[str, Any] = {
         "schema": SCHEMA,
         "benchmark": "api",
         "mode": plan.mode,
@@ -600,6 +599,23 @@ async def run(plan: Plan, console: Any) -> dict[str, Any]:
         "series": bench.rec.series,
         "comparisons": bench.rec.comparisons,
     }
+    data["headlines"] = api_headlines(data)
+    return data
+
+
+def api_headlines(data: dict[str, Any]) -> list[str]:
+    """One-line findings, for the index on the front page (docs/benchmarks.md)."""
+    out = []
+    for c in data["comparisons"]:
+        if c["subject"] in ("api.json.trivial", "api.sse.trivial") and "target_met" in c:
+            out.append(f"`1+1` {c['figure'].split(': ')[1].split(' vs')[0]} adds "
+                       f"{c['delta_p50_ms']:+.2f} ms at p50 (target < {TARGET_MS:g} ms: "
+                       f"{'met' if c['target_met'] else 'not met'})")
+    targets = [c for c in data["comparisons"] if "target_met" in c]
+    if targets:
+        out.append(f"target met for {sum(c['target_met'] for c in targets)} of {len(targets)} "
+                   "executes")
+    return out
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -618,6 +634,9 @@ GROUPS = [
     ("dataframe", "2. 10,000-row DataFrame display per execute",
      "`import pandas as pd, numpy as np; df = pd.DataFrame(np.random.rand(10000, 5)); df`, "
      "the same three ways, after warm-up runs (pandas imported on both kernels)."),
+    ("figure", "2b. matplotlib figure per execute",
+     "A 600×400 line plot shown inline (`plt.show()`): one `display_data` with a ~27 kB PNG "
+     "(base64 in the JSON), the same three ways, after warm-up runs."),
     ("history", "3. The history write alone",
      "Every API execute writes its result as a row to SQLite (WAL, `synchronous=NORMAL`, in a "
      "worker thread) *before* it answers; that write is part of the added time above. Here it "
@@ -754,7 +773,7 @@ def _notes(data: dict[str, Any], group: str) -> list[str]:
     checks, outs = data["checks"], data.get("outputs", {})
     notes: list[str] = []
     if group in EXECUTE_GROUPS:
-        code = TRIVIAL if group == "trivial" else DATAFRAME
+        code = CODE_OF[group]
         o = outs.get(code, {})
         if o:
             notes.append(f"- Bytes received per execute: JSON {o.get('json_bytes', 0):,}, SSE "
@@ -779,7 +798,7 @@ def _notes(data: dict[str, Any], group: str) -> list[str]:
         ]
     if group == "history":
         comps = {c["subject"]: c for c in data["comparisons"] if "delta_p50_ms" in c}
-        for key, label in (("trivial", "1+1"), ("dataframe", "DataFrame")):
+        for key, label in (("trivial", "1+1"), ("dataframe", "DataFrame"), ("figure", "figure")):
             st = data["series"].get(f"store.{key}", {}).get("stats")
             c = comps.get(f"api.json.{key}")
             if st and c:
@@ -840,15 +859,8 @@ def make_plot(data: dict[str, Any], path: Path) -> bool:
 
 
 def write_report(data: dict[str, Any], report: Path, console: Any) -> None:
-    plot = None
-    try:
-        if make_plot(data, report.parent / PLOT_NAME):
-            plot = PLOT_NAME
-    except Exception as exc:  # a plot is optional; the report is not
-        console.print(f"[yellow]plot skipped: {exc}[/yellow]")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render_markdown(data, plot))
-    console.print(f"report: {report}")
+    write_markdown(data, report, console, render=render_markdown, plot=make_plot,
+                   plot_name=PLOT_NAME)
 
 
 def print_summary(data: dict[str, Any]) -> None:

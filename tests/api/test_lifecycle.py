@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,6 +15,9 @@ import nbformat
 import pytest
 
 from api.settings import Settings
+from sandbox._config import default_base_dir
+from sandbox._manager import sweep_orphans
+from sandbox._runtime.docker import default_runtime
 from tests.api.conftest import KEY_A, free_port, make_settings, run_server
 
 pytestmark = pytest.mark.usefixtures("engine")
@@ -97,6 +101,13 @@ def start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], httpx.Client, 
     return proc, client, sid
 
 
+def wait_for_containers(engine: object, pid: int, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(owned_by(engine, pid)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} containers of pid {pid}"
+        time.sleep(0.2)
+
+
 def owned_by(engine: object, pid: int) -> list[object]:
     return engine.containers.list(  # type: ignore[attr-defined,no-any-return]
         all=True, filters={"label": f"org.agentbox.owner-pid={pid}"})
@@ -105,12 +116,15 @@ def owned_by(engine: object, pid: int) -> list[object]:
 def test_sigterm_stops_cleanly_with_exit_0(engine: object, tmp_path: Path) -> None:
     proc, client, _ = start_serve(tmp_path)
     try:
-        assert len(owned_by(engine, proc.pid)) >= 2  # a session and a pooled kernel
+        wait_for_containers(engine, proc.pid, 2)  # the session, and the refilled pool kernel
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
         client.close()
-        proc.kill()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+            asyncio.run(sweep_orphans(default_runtime(), default_base_dir()))
     assert owned_by(engine, proc.pid) == []
 
 
@@ -118,6 +132,7 @@ def test_a_sigkilled_server_leaves_nothing_after_the_next_start(engine: object,
                                                                 tmp_path: Path) -> None:
     proc, client, _ = start_serve(tmp_path)
     client.close()
+    wait_for_containers(engine, proc.pid, 2)  # the session, and the refilled pool kernel
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert len(owned_by(engine, proc.pid)) >= 2  # its session and pooled kernel survived

@@ -1,0 +1,166 @@
+"""Nothing secret of the host reaches the box, and the one secret the box holds (its
+kernel's HMAC key) is fresh for every session and every kernel, and shown nowhere else."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sandbox import Session
+from tests.security.conftest import container_attrs, open_box, probe
+
+CANARY = f"canary-{secrets.token_hex(8)}"
+HOST_SECRETS = {
+    "AGENTBOX_CANARY_SECRET": CANARY,
+    "AGENTBOX_API_KEYS": f"{CANARY}-api-key",
+    "AWS_SECRET_ACCESS_KEY": f"{CANARY}-aws",
+    "OPENAI_API_KEY": f"sk-{CANARY}",
+}
+# The kernel's whole environment: the image's ENV, Docker's HOSTNAME, init's autostart
+# file name, and what ipykernel sets for itself. Nothing from the host.
+EXPECTED_ENV = {"AGENTBOX_AUTOSTART", "HOME", "HOSTNAME", "IPYTHONDIR", "LANG", "MPLBACKEND",
+                "MPLCONFIGDIR", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
+                "CLICOLOR", "CLICOLOR_FORCE", "FORCE_COLOR", "GIT_PAGER", "PAGER", "TERM",
+                "PYDEVD_USE_FRAME_EVAL"}
+
+SEARCH = r"""
+import glob, json, os, subprocess
+needle = %r.encode()
+env_hits = [k for k, v in os.environ.items() if needle in (k + "=" + v).encode()]
+child_env = subprocess.run(["env"], capture_output=True).stdout
+environ_read, environ_hits = [], []
+for p in glob.glob("/proc/[0-9]*/environ") + ["/proc/self/environ", "/proc/1/environ"]:
+    try:
+        data = open(p, "rb").read()
+    except OSError:
+        continue
+    environ_read.append(p)
+    if needle in data:
+        environ_hits.append(p)
+open("/tmp/grep-control.txt", "w").write("grep-control " + %r)
+files_read, file_hits = 0, []
+budget = 4000
+for root in ("/etc", "/tmp", "/home", "/run/kernel", "/opt/agentbox", "/dev/shm"):
+    for top, dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(top, name)
+            if budget == 0 or os.path.islink(path) or not os.path.isfile(path):
+                continue
+            budget -= 1
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read(1 << 20)
+            except OSError:
+                continue
+            files_read += 1
+            if needle in data or b"grep-control " + %r.encode() in data:
+                file_hits.append(path)
+cmdlines = b"".join(open(p, "rb").read() for p in glob.glob("/proc/[0-9]*/cmdline"))
+print(json.dumps({"env_hits": env_hits, "env_keys": sorted(os.environ), "child_env": needle in child_env,
+                  "environ_read": sorted(set(environ_read)), "environ_hits": environ_hits,
+                  "files_read": files_read, "file_hits": file_hits, "cmdline": needle in cmdlines,
+                  "pid1_environ": open("/proc/1/environ", "rb").read().decode(errors="replace")}))
+"""
+
+READ_KEY = r"""
+import glob, json, os
+files = sorted(glob.glob("/run/kernel/kernel-*.json"))
+print(json.dumps({"files": files, "key": json.load(open(files[-1]))["key"],
+                  "mode": oct(os.stat(files[-1]).st_mode & 0o777)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def box(runtime: str) -> Iterator[Session]:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in HOST_SECRETS.items():
+            mp.setenv(name, value)
+        assert os.environ["AGENTBOX_CANARY_SECRET"] == CANARY
+        with open_box(runtime, env={"AGENTBOX_VISIBLE": "allowed"}) as session:
+            yield session
+
+
+@pytest.fixture(scope="module")
+def search(box: Session) -> dict[str, Any]:
+    marker = secrets.token_hex(6)
+    found: dict[str, Any] = probe(box, SEARCH % (CANARY, marker, marker), timeout=120)
+    found["marker"] = marker
+    return found
+
+
+def test_canary_is_not_in_the_kernels_environment(search: dict[str, Any]) -> None:
+    assert search["env_hits"] == []
+    assert search["child_env"] is False
+    assert set(search["env_keys"]) - {"AGENTBOX_VISIBLE"} <= EXPECTED_ENV
+    assert "AGENTBOX_VISIBLE" in search["env_keys"]  # the explicit allow-list gets through
+    assert not set(search["env_keys"]) & set(HOST_SECRETS)
+
+
+def test_canary_is_in_no_process_environment(search: dict[str, Any]) -> None:
+    assert search["environ_hits"] == []
+    # Control: every process's environ was really read, PID 1's (agentbox-init) included.
+    assert "/proc/1/environ" in search["environ_read"] and len(search["environ_read"]) >= 3
+    assert "AGENTBOX_AUTOSTART=kernel-" in search["pid1_environ"]
+    assert CANARY not in search["pid1_environ"]
+    assert search["cmdline"] is False
+
+
+def test_canary_is_in_no_readable_file(search: dict[str, Any]) -> None:
+    # Control: the same grep finds a marker planted in /tmp, so it really looked.
+    assert search["file_hits"] == ["/tmp/grep-control.txt"]
+    assert search["files_read"] > 20
+
+
+def test_the_engine_was_given_nothing_of_the_hosts_environment(box: Session,
+                                                              engine: Any) -> None:
+    attrs = container_attrs(engine, box)
+    # What the container is given: its environment and command line. (Labels are the
+    # host's bookkeeping, invisible inside; they must not carry the canary either.)
+    given = json.dumps({"env": attrs["Config"]["Env"], "cmd": attrs["Config"]["Cmd"],
+                        "entrypoint": attrs["Config"]["Entrypoint"]})
+    assert CANARY not in given and CANARY not in json.dumps(attrs["Config"]["Labels"])
+    # No value of this (host) process's environment that looks like a secret shows up.
+    for name, value in os.environ.items():
+        if len(value) >= 12 and name not in ("PATH", "HOME", "PWD", "OLDPWD", "SHELL", "TERM",
+                                             "LANG", "LC_ALL", "HOSTNAME", "PYTHONPATH"):
+            assert value not in given, name
+    logs = engine.api.logs(box.info.container_id)
+    assert CANARY.encode() not in logs
+
+
+def test_the_kernel_key_is_fresh_per_session_and_per_restart(box: Session, runtime: str,
+                                                            engine: Any) -> None:
+    first = probe(box, READ_KEY)
+    box.restart()
+    second = probe(box, READ_KEY)
+    with open_box(runtime) as other:
+        third = probe(other, READ_KEY)
+        other_dir = other._async.run_dir
+        other_host_files = sorted(p.name for p in other_dir.iterdir())
+    keys = [first["key"], second["key"], third["key"]]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", k) for k in keys)  # 256-bit
+    assert len(set(keys)) == 3
+    # A restart retires the old connection file: only the live kernel's is there.
+    assert len(first["files"]) == 1 and len(second["files"]) == 1
+    assert first["files"] != second["files"]
+    assert all(f["mode"] == "0o600" for f in (first, second, third))
+    assert "kernel-1.json" in other_host_files
+    # From the host: the key lives in that one file (owner-only), and nowhere the engine
+    # keeps or shows: not in the container's config, labels or logs.
+    run_dir = box._async.run_dir
+    live = run_dir / second["files"][0].rsplit("/", 1)[1]
+    st = os.stat(live)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 1000
+    assert json.loads(live.read_text())["key"] == second["key"]
+    attrs = json.dumps(container_attrs(engine, box))
+    logs = engine.api.logs(box.info.container_id)
+    for key in keys:
+        assert key not in attrs
+        assert key.encode() not in logs
