@@ -249,7 +249,7 @@ def test_writable_tmpfs_mounts_cannot_run_dropped_binaries(box: Session, runtime
 def test_socket_directory_cannot_run_dropped_binaries(box: Session,
                                                       request: pytest.FixtureRequest) -> None:
     request.applymarker(pytest.mark.xfail(
-        strict=True, reason="WEAKNESS: the /run/kernel bind mount has no noexec/nosuid/nodev "
+        strict=True, raises=AssertionError, reason="WEAKNESS: the /run/kernel bind mount has no noexec/nosuid/nodev "
         "(sandbox/_runtime/docker.py mounts it plain rw): a dropped binary runs from there"))
     found = probe(box, EXEC_DROPPED)
     assert found["/run/kernel"] == "EACCES", json.dumps(found)

@@ -202,8 +202,9 @@ print(json.dumps([s.getsockname()[1] for s in listeners]))
 """)
     assert found == [port, 80]
     try:
-        assert host_listeners() - before == set()
-        assert port not in host_listeners()
+        now = host_listeners()  # (other programs on this machine may come and go meanwhile)
+        assert port not in now
+        assert 80 not in now or 80 in before
         with socket.socket() as c:
             c.settimeout(2)
             assert c.connect_ex(("127.0.0.1", port)) != 0

@@ -229,7 +229,7 @@ def test_binding_a_port_below_1024_fails(box: Session, runtime: str,
               if runtime == "runc" else
               "WEAKNESS (gVisor): the Sentry does not enforce privileged ports at all; uid 1000 "
               "binds port 80 even with --sysctl net.ipv4.ip_unprivileged_port_start=1024")
-    request.applymarker(pytest.mark.xfail(strict=True, reason=reason + "; contained by "
+    request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason + "; contained by "
                                           "network=none: only reachable from inside (test_network)"))
     code = ("s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
             "s.bind(('127.0.0.1', 80)) or s.close()")

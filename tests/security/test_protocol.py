@@ -361,7 +361,7 @@ async def impostor(attacker: AsyncSession, victim: AsyncSession, runtime: str,
 async def test_an_impostor_init_cannot_make_the_host_chown_a_host_file(
         impostor: dict[str, Any], runtime: str, request: pytest.FixtureRequest) -> None:
     if runtime == "runc":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
             "HOST ESCAPE (runc): sandbox/_kernel.py write_endpoint() creates kernel-<g>.json in "
             "the run dir the sandbox user owns, then os.chown(path) BY NAME (follows symlinks); "
             "_restart_kernel() calls it after trusting {'op': 'kill'} answered by whatever "
@@ -378,7 +378,7 @@ async def test_an_impostor_init_cannot_make_the_host_chown_a_host_file(
 
 async def test_an_impostor_init_is_never_obeyed(impostor: dict[str, Any],
                                                 request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(strict=True, reason=(
+    request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
         "WEAKNESS: the host finds agentbox-init by path (init.sock) in the sandbox-owned run "
         "dir: code in the box replaces it with its own server, which then answers the host's "
         "kill/start/signal requests (sandbox/_session.py _restart_kernel trusts 'kill': ok "
@@ -391,7 +391,7 @@ async def test_an_impostor_init_is_never_obeyed(impostor: dict[str, Any],
 async def test_an_impostor_init_cannot_stall_the_host(impostor: dict[str, Any], runtime: str,
                                                       request: pytest.FixtureRequest) -> None:
     if runtime == "runc":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
             "HOST DoS (runc): write_endpoint() opens kernel-<g>.json (blocking open, no O_EXCL) "
             "and writes to it on the event loop; a full FIFO planted there by the box (with an "
             "impostor init answering 'kill') blocks the whole host process — every session, the "
