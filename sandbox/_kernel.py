@@ -68,11 +68,17 @@ def write_endpoint(run_dir: Path, generation: int, uid: int, gid: int) -> Kernel
     }
     name = f"kernel-{generation}.json"
     path = run_dir / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    # The run dir is writable by the sandbox, which may have planted a symlink or a FIFO
+    # under this name: remove whatever is there (unlink never follows links), create a new
+    # regular file exclusively, and chown the open file, never a path.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 0o600)
     with os.fdopen(fd, "w") as fh:
+        if os.geteuid() == 0:
+            os.fchown(fh.fileno(), uid, gid)
         json.dump(info, fh)
-    if os.geteuid() == 0:
-        os.chown(path, uid, gid)
     return KernelEndpoint(generation, name, {**info, "ip": str(run_dir / f"k{generation}")})
 
 
