@@ -73,6 +73,7 @@ from bench_core import (
     machine_info,
     percentile,
     progress_display,
+    save_figure,
     write_markdown,
 )
 
@@ -851,11 +852,7 @@ def make_plot(data: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("added milliseconds at p50 (API − library)")
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"agentbox API overhead, {data['mode']} mode, {data['date'][:10]}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def write_report(data: dict[str, Any], report: Path, console: Any) -> None:

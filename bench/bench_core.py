@@ -1036,11 +1036,7 @@ def make_plot(data: dict[str, Any], path: Path) -> bool:
     ax.set_xlabel("milliseconds (log scale)")
     ax.set_title(f"agentbox core benchmark, {data['mode']} mode, {data['date'][:10]}")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def write_markdown(data: dict[str, Any], report: Path, console: Any, *,
@@ -1060,6 +1056,17 @@ def write_markdown(data: dict[str, Any], report: Path, console: Any, *,
     report.write_text(render(data, shown))
     console.print(f"report: {report}")
 
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> bool:
+    """Lay out, write and close a matplotlib figure (shared by the bench scripts)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return True
 
 def write_report(data: dict[str, Any], report: Path, console: Any) -> None:
     write_markdown(data, report, console, render=render_markdown, plot=make_plot,

@@ -71,6 +71,7 @@ from bench_core import (
     machine_info,
     percentile,
     progress_display,
+    save_figure,
     series_table,
     write_markdown,
 )
@@ -1242,11 +1243,7 @@ def make_plot(data: dict[str, Any], path: Path) -> bool:
         d.tick_params(axis="y", labelsize=8)
         d.set_title("failure paths and gVisor", fontsize=10)
     fig.suptitle(f"agentbox scale benchmark, {data['mode']} mode, {data['date'][:10]}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path, dpi=100)
 
 
 def write_report(data: dict[str, Any], report: Path, console: Any) -> None:

@@ -55,6 +55,23 @@ class KernelEndpoint:
         return [run_dir / f"k{self.generation}-{port}" for port in PORTS.values()]
 
 
+def write_connection_file(path: Path, info: dict[str, Any], uid: int, gid: int) -> None:
+    """Write a connection file the kernel (uid:gid) can read, into a run dir it can write.
+
+    The sandbox may have planted a symlink or a FIFO under this name: whatever is there
+    is removed (unlink never follows links), a new regular file is created exclusively
+    and without blocking, and the open file is chowned, never a path.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 0o600)
+    with os.fdopen(fd, "w") as fh:
+        if os.geteuid() == 0:
+            os.fchown(fh.fileno(), uid, gid)
+        json.dump(info, fh)
+
+
 def write_endpoint(run_dir: Path, generation: int, uid: int, gid: int) -> KernelEndpoint:
     """Write ``kernel-<g>.json`` for the kernel (container paths, 256-bit key)."""
     key = secrets.token_hex(32)
@@ -67,18 +84,7 @@ def write_endpoint(run_dir: Path, generation: int, uid: int, gid: int) -> Kernel
         **PORTS,
     }
     name = f"kernel-{generation}.json"
-    path = run_dir / name
-    # The run dir is writable by the sandbox, which may have planted a symlink or a FIFO
-    # under this name: remove whatever is there (unlink never follows links), create a new
-    # regular file exclusively, and chown the open file, never a path.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK,
-                 0o600)
-    with os.fdopen(fd, "w") as fh:
-        if os.geteuid() == 0:
-            os.fchown(fh.fileno(), uid, gid)
-        json.dump(info, fh)
+    write_connection_file(run_dir / name, info, uid, gid)
     return KernelEndpoint(generation, name, {**info, "ip": str(run_dir / f"k{generation}")})
 
 

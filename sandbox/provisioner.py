@@ -70,7 +70,7 @@ from traitlets import Dict, Float, Integer, Unicode
 
 from sandbox._config import SandboxConfig, default_base_dir, make_config
 from sandbox._exceptions import SandboxError, SessionStartError
-from sandbox._kernel import PORTS, InitClient, InitUnavailable
+from sandbox._kernel import PORTS, InitClient, InitUnavailable, write_connection_file
 from sandbox._runtime.base import (
     CONTAINER_RUN_DIR,
     LABEL_APP,
@@ -231,15 +231,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             "kernel_name": km.kernel_name or KERNEL_NAME,
             **PORTS,
         }
-        path = self.run_dir / CONNECTION_FILE
-        # The run dir is writable from inside the sandbox: never follow what is there.
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh)
-        if os.geteuid() == 0:
-            os.chown(path, config.uid, config.gid)
+        write_connection_file(self.run_dir / CONNECTION_FILE, info, config.uid, config.gid)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the kernel (in place after a restart, else in a new container); return
