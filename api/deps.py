@@ -18,6 +18,10 @@ def get_service(request: Request) -> SandboxService:
     return service
 
 
+# RFC 9110: a 401 names the scheme the client should use.
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agentbox"'}
+
+
 def get_key(request: Request, service: Annotated[SandboxService, Depends(get_service)]) -> str:
     """The caller's key id. Without configured keys (loopback only) everyone is 'local'."""
     keys = service.settings.keys()
@@ -26,11 +30,12 @@ def get_key(request: Request, service: Annotated[SandboxService, Depends(get_ser
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer KEY)")
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer KEY)",
+                       headers=CHALLENGE)
     for known, key_id in keys.items():
         if secrets.compare_digest(known.encode(), token.strip().encode()):
             return key_id
-    raise ApiError(401, "unauthorized", "invalid API key")
+    raise ApiError(401, "unauthorized", "invalid API key", headers=CHALLENGE)
 
 
 Service = Annotated[SandboxService, Depends(get_service)]

@@ -27,9 +27,11 @@ from sandbox import (
 class ApiError(Exception):
     """An error raised by the API layer itself, with its status and code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
 
 
 # (exception type, HTTP status, error code); first match wins.
@@ -56,7 +58,9 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def to_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message)
+        resp = error_response(exc.status, exc.code, exc.message)
+        resp.headers.update(exc.headers)
+        return resp
     if isinstance(exc, FileOperationError) and not isinstance(exc, UnsafePathError):
         return error_response(FILE_CODES.get(exc.code, 400), f"file_{exc.code}", str(exc))
     for kind, status, code in ERROR_TABLE:
@@ -73,8 +77,11 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  413: "too_large", 415: "unsupported_media_type"}
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
+        resp = error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
                               str(exc.detail))
+        # Allow (405) and WWW-Authenticate (401) are part of the answer.
+        resp.headers.update(exc.headers or {})
+        return resp
 
     async def validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

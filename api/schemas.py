@@ -13,7 +13,7 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     memory_mb: int | None = Field(None, ge=64)
-    cpus: float | None = Field(None, gt=0)
+    cpus: float | None = Field(None, ge=0.01)
     pids: int | None = Field(None, ge=16)
     execution_timeout_s: float | None = Field(None, gt=0)
     idle_timeout_s: float | None = Field(None, gt=0)

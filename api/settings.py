@@ -37,7 +37,7 @@ class Settings(BaseSettings):
 
     # Server-side maxima of what a key may ask for.
     max_memory_mb: int = Field(4096, ge=64)
-    max_cpus: float = Field(2.0, gt=0)
+    max_cpus: float = Field(2.0, ge=0.01)
     max_pids: int = Field(1024, ge=16)
     max_execution_timeout_s: float = Field(600.0, gt=0)
     max_idle_timeout_s: float = Field(3600.0, gt=0)
@@ -59,6 +59,15 @@ class Settings(BaseSettings):
         if self.host not in LOOPBACK and not self.keys():
             raise ValueError(f"refusing to listen on {self.host} without API keys: set "
                              "AGENTBOX_API_KEYS or AGENTBOX_API_KEYS_FILE, or bind 127.0.0.1")
+        return self
+
+    @model_validator(mode="after")
+    def _defaults_within_maxima(self) -> Settings:
+        for name in ("execution_timeout_s", "idle_timeout_s", "lifetime_s"):
+            default, cap = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
+            if default > cap:
+                raise ValueError(f"default_{name} ({default:g}) is above max_{name} ({cap:g}): "
+                                 "sessions that ask for no limit would get more than the maximum")
         return self
 
     def keys(self) -> dict[str, str]:

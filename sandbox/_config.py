@@ -58,7 +58,9 @@ class SandboxConfig(BaseModel):
 
     # Resource limits, enforced by the kernel's cgroup and checked from inside in tests.
     memory_mb: int = Field(1024, ge=64, le=256 * 1024)
-    cpus: float = Field(1.0, gt=0.0, le=256.0)
+    # 0.01 CPU is the smallest quota the kernel's CFS accepts (1 ms per 100 ms period);
+    # anything smaller would either be refused by the engine or read as "no limit".
+    cpus: float = Field(1.0, ge=0.01, le=256.0)
     pids: int = Field(256, ge=16, le=32768)
     open_files: int = Field(1024, ge=64, le=1_048_576)
     tmp_size_mb: int = Field(256, ge=1, le=64 * 1024)
@@ -87,7 +89,7 @@ class SandboxConfig(BaseModel):
     @classmethod
     def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
         for name, value in env.items():
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"invalid environment variable name {name!r}")
             if name in _RESERVED_ENV:
                 raise ValueError(f"environment variable {name} is set by the sandbox itself")

@@ -271,33 +271,21 @@ def create_session(engine: Any, url: str, body: dict[str, Any]
     return resp, host_config
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: limits.cpus below 1e-9 passes validation (cpus > 0) and becomes NanoCpus = "
-    "int(cpus * 1e9) = 0, which Docker reads as 'no CPU limit': the session runs unlimited"))
 def test_a_cpu_limit_too_small_to_enforce_is_refused(engine: Any, fuzz_server: str) -> None:
     resp, host_config = create_session(engine, fuzz_server, {"limits": {"cpus": 1e-10}})
     assert resp.status_code == 422, (resp.status_code, host_config.get("NanoCpus"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: limits.cpus in [1e-9, 0.01) passes validation but Docker (runc) cannot set such "
-    "a quota: the request is a 503 session_start_failed, a server error, not a 422"))
 def test_a_cpu_limit_below_dockers_minimum_is_a_client_error(engine: Any, fuzz_server: str) -> None:
     resp, _ = create_session(engine, fuzz_server, {"limits": {"cpus": 0.001}})
     assert resp.status_code == 422, resp.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: environment variable names are checked with re.match('^...$'), and '$' also "
-    "matches before a final newline: a name 'A\\n' is accepted and reaches the kernel"))
 def test_an_env_name_with_a_newline_is_refused(engine: Any, fuzz_server: str) -> None:
     resp, _ = create_session(engine, fuzz_server, {"env": {"A\n": "x"}})
     assert resp.status_code == 422, resp.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: api/errors.py's handler for HTTP exceptions drops their headers: a 405 lacks "
-    "the Allow header (RFC 9110 requires it; FastAPI's own 405 has it)"))
 def test_a_405_says_which_methods_are_allowed(fuzz_server: str) -> None:
     resp = httpx.request("TRACE", f"{fuzz_server}/healthz")
     assert resp.status_code == 405
