@@ -44,6 +44,34 @@ def parts_of(path: str) -> list[str]:
     return parts
 
 
+def open_child_dir(fd: int, name: str) -> int:
+    """An fd of the directory *name* in *fd*, never through a symlink.
+
+    O_NOFOLLOW alone is not enough: Linux refuses a symlink with ENOTDIR, but gVisor's
+    Sentry opens the link's target. So the entry is lstat'ed first and the opened fd
+    must be that very inode: a symlink seen, or swapped in between, is refused.
+    """
+    try:
+        seen = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError as exc:
+        raise Refused("not_found", f"no directory {name!r} on the path") from exc
+    if stat.S_ISLNK(seen.st_mode):
+        raise Refused("symlink", f"{name!r} is a symbolic link; not followed")
+    if not stat.S_ISDIR(seen.st_mode):
+        raise Refused("not_a_directory", f"{name!r} is not a directory")
+    try:
+        nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
+    except FileNotFoundError as exc:
+        raise Refused("not_found", f"no directory {name!r} on the path") from exc
+    except OSError as exc:  # replaced by a symlink or a file since the lstat
+        raise Refused("symlink", f"{name!r} changed while it was opened; not followed") from exc
+    opened = os.fstat(nxt)
+    if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+        os.close(nxt)
+        raise Refused("symlink", f"{name!r} changed while it was opened; not followed")
+    return nxt
+
+
 def open_dir(parts: list[str], create: bool = False) -> int:
     """An fd of ROOT/parts..., refusing symlinks at every step."""
     fd = os.open(ROOT, DIR_FLAGS)
@@ -52,14 +80,7 @@ def open_dir(parts: list[str], create: bool = False) -> int:
             if create:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, 0o755, dir_fd=fd)
-            try:
-                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError as exc:
-                raise Refused("not_found", f"no directory {name!r} on the path") from exc
-            except (NotADirectoryError, OSError) as exc:
-                if os.path.islink(f"/proc/self/fd/{fd}/{name}"):
-                    raise Refused("symlink", f"{name!r} is a symbolic link; not followed") from exc
-                raise Refused("not_a_directory", f"{name!r} is not a directory") from exc
+            nxt = open_child_dir(fd, name)
             os.close(fd)
             fd = nxt
         return fd
@@ -73,7 +94,10 @@ def cmd_read(path: str, max_bytes: int) -> None:
     dfd = open_dir(parts[:-1])
     try:
         try:
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            # O_NONBLOCK: a FIFO planted under the name must not block the open (the
+            # type is checked on the fd below; reads of a regular file ignore the flag).
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=dfd)
         except FileNotFoundError as exc:
             raise Refused("not_found", f"no file {path!r}") from exc
         except OSError as exc:

@@ -140,13 +140,6 @@ async def test_symlinks_planted_as_the_file_are_never_followed(box: AsyncSession
 
 async def test_symlinks_planted_as_a_directory_on_the_path_are_never_followed(
         box: AsyncSession, planted: Path, runtime: str, request: pytest.FixtureRequest) -> None:
-    if runtime == "runsc":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "BUG under gVisor: kernel_image/files.py open_dir() relies on "
-            "open(name, O_DIRECTORY | O_NOFOLLOW) failing on a symlink; Linux says ENOTDIR, "
-            "gVisor's Sentry opens the link's target. Every directory component is followed: "
-            "download('abs-dir/passwd') returns the container's /etc/passwd, list_files('rel-dir') "
-            "lists /, upload/delete('run-kernel/kernel-1.json') rewrite the host run dir")))
     before = snapshot(planted)
     leaks: list[str] = []
 
@@ -234,9 +227,6 @@ async def test_symlink_swapped_in_during_transfers_is_never_followed(
     # A process in the sandbox keeps swapping race/d (a directory) and race/f (a file) for
     # symlinks to /tmp/elsewhere and /etc/passwd while the host downloads and uploads
     # through them: each transfer sees the real thing or fails, never the link's target.
-    if runtime == "runsc":
-        pytest.skip("under gVisor a directory symlink is followed even without a race (see "
-                    "test_symlinks_planted_as_a_directory_on_the_path_are_never_followed)")
     await run_ok(box, FLIPPER % {"dir_target": "/tmp/elsewhere"})
     outcomes: dict[str, int] = {}
 
@@ -285,12 +275,6 @@ releaser = subprocess.Popen([sys.executable, "-c", code])
 
 async def test_a_planted_fifo_neither_hangs_a_download_nor_stalls_other_sessions(
         box: AsyncSession, runtime: str, request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "WEAKNESS: kernel_image/files.py cmd_read opens the target (O_RDONLY, no O_NONBLOCK) "
-        "before checking it is a regular file, so downloading a FIFO planted by the sandbox "
-        "blocks for the exec timeout (120 s); the helper runs via asyncio.to_thread on the "
-        "loop's default executor (min(32, cpus + 4) threads), so a handful of such downloads "
-        "stall every other session's file operations, starts and closes in the process")))
     workers = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor size
     async with AsyncSession(SandboxConfig(runtime=runtime)) as other:  # type: ignore[arg-type]
         await run_ok(box, "import os\nif not os.path.exists('pipe'): os.mkfifo('pipe')")
