@@ -23,7 +23,12 @@ the host learns at once, and why, when a kernel dies.
 
 It runs with the sandbox's uid and privileges, like the code it supervises:
 the host treats its answers as untrusted and never waits on it without a
-deadline. Standard library only; single-threaded (no thread or process is
+deadline. The sandboxed code can unlink ``init.sock`` and listen there itself,
+so every answer carries ``mac``: an HMAC-SHA256, keyed with ``init.key`` (which
+the host writes for each container and init reads and deletes at boot, before
+the kernel exists), over the request's ``nonce`` and the answer. Init makes
+itself non-dumpable, so the kernel (same uid) can neither ptrace it nor read
+its memory or environment to learn the key. Standard library only; single-threaded (no thread or process is
 created except the kernel), so it keeps answering when the pids limit is hit.
 """
 
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import hmac
 import json
 import os
 import selectors
@@ -43,6 +50,7 @@ from typing import Any
 
 RUN_DIR = os.environ.get("AGENTBOX_RUN_DIR", "/run/kernel")
 SOCKET_PATH = os.path.join(RUN_DIR, "init.sock")
+KEY_PATH = os.path.join(RUN_DIR, "init.key")
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_CONNECTIONS = 32
 CONNECTION_IDLE_S = 10.0
@@ -84,16 +92,53 @@ def seed_matplotlib() -> None:
         pass  # no writable /tmp: keep the image's default
 
 
+def make_undumpable() -> None:
+    """PR_SET_DUMPABLE 0: no ptrace, no /proc/1/{mem,environ} for the same uid."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError) as exc:
+        print(f"agentbox-init: cannot make itself non-dumpable: {exc}", file=sys.stderr)
+
+
+def read_key() -> bytes | None:
+    """The host's key for this container; the file is gone once read."""
+    try:
+        with open(KEY_PATH, "rb") as fh:
+            key = bytes.fromhex(fh.read(256).decode("ascii"))
+    except (OSError, ValueError) as exc:
+        print(f"agentbox-init: no usable {KEY_PATH} ({exc}); the host will not trust "
+              "its answers", file=sys.stderr)
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(KEY_PATH)
+    return key
+
+
+def sign(key: bytes | None, nonce: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """``reply`` with its mac (sandbox/_kernel.py init_mac checks the same)."""
+    if key is None:
+        return reply
+    body = json.dumps(reply, sort_keys=True, separators=(",", ":"))
+    mac = hmac.new(key, f"{nonce}\n{body}".encode(), hashlib.sha256).hexdigest()
+    return {**reply, "mac": mac}
+
+
 class Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
+        self.nonce = ""
         self.since = time.monotonic()
         self.waiting_for: int | None = None
 
 
 class Init:
     def __init__(self) -> None:
+        make_undumpable()
+        self.key = read_key()
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
         self.kernel_pid: int | None = None
@@ -217,6 +262,7 @@ class Init:
         if not isinstance(request, dict):
             self._reply(fd, {"ok": False, "error": "request must be a JSON object"})
             return
+        conn.nonce = str(request.get("nonce", ""))[:256]
         op = request.get("op")
         if op == "ping":
             self._reply(fd, {"ok": True, "generation": self.generation,
@@ -257,7 +303,7 @@ class Init:
         try:
             conn.sock.setblocking(True)
             conn.sock.settimeout(1.0)
-            conn.sock.sendall(json.dumps(payload).encode() + b"\n")
+            conn.sock.sendall(json.dumps(sign(self.key, conn.nonce, payload)).encode() + b"\n")
         except OSError:
             pass
         finally:

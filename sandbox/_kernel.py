@@ -4,7 +4,11 @@ Two channels, both through the session's run directory (bind-mounted at
 ``/run/kernel``), neither on any network interface:
 
 - :class:`InitClient`: JSON requests to ``agentbox-init`` over ``init.sock``;
-  the death watch is a request that is answered when the kernel exits.
+  the death watch is a request that is answered when the kernel exits. The
+  sandbox can replace ``init.sock`` with a server of its own, so every answer
+  must carry an HMAC over the request's nonce made with the container's init
+  key (``init.key``, read and deleted by init before any sandboxed code runs);
+  an answer without it is treated as no answer at all.
 - :class:`KernelConnection`: jupyter_client's async client over ZMQ ``ipc``
   sockets ``k<generation>-<n>``; two pump tasks read IOPub and shell replies and
   route each message to the execution it answers, by parent ``msg_id``; a
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -35,6 +41,7 @@ from sandbox._exceptions import DeadlineExceeded, SandboxError
 from sandbox._runtime.base import CONTAINER_RUN_DIR
 
 INIT_SOCKET = "init.sock"
+INIT_KEY_FILE = "init.key"
 MAX_INIT_REPLY = 64 * 1024
 PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 
@@ -72,6 +79,27 @@ def write_connection_file(path: Path, info: dict[str, Any], uid: int, gid: int) 
         json.dump(info, fh)
 
 
+def write_init_key(run_dir: Path, uid: int, gid: int) -> bytes:
+    """A fresh key for the next container's init, written where it reads it at boot."""
+    key = secrets.token_bytes(32)
+    path = run_dir / INIT_KEY_FILE
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 0o400)
+    with os.fdopen(fd, "w") as fh:
+        if os.geteuid() == 0:
+            os.fchown(fh.fileno(), uid, gid)
+        fh.write(key.hex())
+    return key
+
+
+def init_mac(key: bytes, nonce: str, reply: dict[str, Any]) -> str:
+    """The proof an answer comes from init (kernel_image/init.py computes the same)."""
+    body = json.dumps(reply, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, f"{nonce}\n{body}".encode(), hashlib.sha256).hexdigest()
+
+
 def write_endpoint(run_dir: Path, generation: int, uid: int, gid: int) -> KernelEndpoint:
     """Write ``kernel-<g>.json`` for the kernel (container paths, 256-bit key)."""
     key = secrets.token_hex(32)
@@ -91,8 +119,9 @@ def write_endpoint(run_dir: Path, generation: int, uid: int, gid: int) -> Kernel
 class InitClient:
     """Requests to agentbox-init. Called by the session for start, kill, signal, watch."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, key: bytes | None = None) -> None:
         self.path = run_dir / INIT_SOCKET
+        self.key = key  # the current container's (write_init_key); set before it starts
 
     async def request(self, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         try:
@@ -109,8 +138,9 @@ class InitClient:
                                                                 limit=MAX_INIT_REPLY)
         except OSError as exc:
             raise InitUnavailable(f"cannot reach agentbox-init: {exc}") from exc
+        nonce = secrets.token_hex(16)
         try:
-            writer.write(json.dumps(payload).encode() + b"\n")
+            writer.write(json.dumps({**payload, "nonce": nonce}).encode() + b"\n")
             await writer.drain()
             line = await reader.readline()
         except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
@@ -127,6 +157,11 @@ class InitClient:
             raise InitUnavailable("agentbox-init answered with invalid JSON") from exc
         if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
             raise InitUnavailable("agentbox-init answered with an unexpected shape")
+        mac = reply.pop("mac", None)
+        if (self.key is None or not isinstance(mac, str)
+                or not hmac.compare_digest(mac, init_mac(self.key, nonce, reply))):
+            raise InitUnavailable("the answer on init.sock is not signed with this container's "
+                                  "init key: it is not agentbox-init (replaced by the sandbox?)")
         return reply
 
     async def wait_exit(self, generation: int) -> dict[str, Any] | None:
@@ -192,30 +227,46 @@ class KernelConnection:
         await self.wait_iopub(deadline)
 
     async def wait_iopub(self, deadline: float) -> None:
-        """kernel_info until its status messages arrive on IOPub too: a SUB socket misses
-        what is published before its subscription lands."""
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded("the kernel did not answer kernel_info before the deadline")
-            msg_id = self.client.kernel_info()
-            queue = self.route(msg_id)
-            got_reply = got_iopub = False
-            try:
-                async with asyncio.timeout(min(remaining, 0.25)):
-                    while not (got_reply and got_iopub):
-                        channel, msg = await queue.get()
-                        if channel == "shell":
-                            got_reply = True
-                            content = msg.get("content")
-                            self.kernel_info = content if isinstance(content, dict) else {}
-                        elif channel == "iopub":
-                            got_iopub = True
-            except TimeoutError:
-                continue
-            finally:
+        """kernel_info until a reply has come and a status message on IOPub too: a SUB
+        socket misses what is published before its subscription lands, so the request
+        is repeated until one is seen.
+
+        An answer to *any* of the requests counts, however late: a kernel slowed down
+        by a loaded machine answers every request, each later than the last, and a
+        wait that only took the newest request's answer would never see one.
+        Repeats back off (0.25 s doubling, at most 2 s) so as not to pile them up.
+        """
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        sent: list[str] = []
+        got_reply = got_iopub = False
+        interval = 0.25
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(
+                        f"the kernel did not answer kernel_info before the deadline "
+                        f"({len(sent)} sent; reply {'seen' if got_reply else 'not seen'}, "
+                        f"IOPub {'seen' if got_iopub else 'not seen'})")
+                msg_id = self.client.kernel_info()
+                sent.append(msg_id)
+                self._routes[msg_id] = queue
+                try:
+                    async with asyncio.timeout(min(remaining, interval)):
+                        while not (got_reply and got_iopub):
+                            channel, msg = await queue.get()
+                            if channel == "shell":
+                                got_reply = True
+                                content = msg.get("content")
+                                self.kernel_info = content if isinstance(content, dict) else {}
+                            elif channel == "iopub":
+                                got_iopub = True
+                    return
+                except TimeoutError:
+                    interval = min(interval * 2, 2.0)
+        finally:
+            for msg_id in sent:
                 self.release(msg_id)
-            return
 
     async def reconnect_iopub(self, timeout: float = 5.0) -> None:
         """A fresh IOPub socket. ZMQ drops the connection (for good) when a message
@@ -266,8 +317,13 @@ class KernelConnection:
                 msg = await getter()
             except asyncio.CancelledError:
                 raise
-            except zmq.ZMQError:
-                return  # socket or context closed
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK) or self.context.closed:
+                    return  # the socket or the context is closed
+                # Anything else would leave this channel unread for good: count, go on.
+                self.rejected += 1
+                await asyncio.sleep(0.01)
+                continue
             except Exception:  # bad signature, bad JSON, bad shape: the sandbox's doing
                 self.rejected += 1
                 continue

@@ -27,7 +27,6 @@ import enum
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import time
@@ -39,6 +38,8 @@ from sandbox._config import SandboxConfig, default_base_dir
 from sandbox._exceptions import (
     ConfigError,
     DeadlineExceeded,
+    EngineUnavailableError,
+    ImageError,
     SandboxError,
     SessionBusyError,
     SessionClosedError,
@@ -46,9 +47,16 @@ from sandbox._exceptions import (
     SessionStartError,
 )
 from sandbox._files import FileOps
-from sandbox._kernel import InitClient, InitUnavailable, KernelConnection, write_endpoint
+from sandbox._kernel import (
+    InitClient,
+    InitUnavailable,
+    KernelConnection,
+    write_endpoint,
+    write_init_key,
+)
 from sandbox._models import ExecutionResult, FileInfo, KernelDeath, SessionInfo, TimeoutInfo
 from sandbox._outputs import Event, OutputAssembler
+from sandbox._rundir import make_run_dir, remove_run_dir
 from sandbox._runtime.base import (
     LABEL_APP,
     LABEL_HOST,
@@ -203,10 +211,11 @@ class AsyncSession:
             except BaseException as exc:
                 await self._teardown()
                 self._state = SessionState.CLOSED
-                if isinstance(exc, SandboxError | asyncio.CancelledError | KeyboardInterrupt):
-                    if isinstance(exc, DeadlineExceeded):
-                        raise SessionStartError(f"session {self.id} did not start: {exc}",
-                                                session_id=self.id) from exc
+                # What says why (the engine, the image, a start error) goes up as it is;
+                # anything else (a deadline, the kernel dying while it starts, a bug)
+                # is a SessionStartError, so that callers have one type to catch.
+                if not isinstance(exc, Exception) or isinstance(
+                        exc, EngineUnavailableError | ImageError | SessionStartError):
                     raise
                 raise SessionStartError(f"session {self.id} did not start: {exc}",
                                         session_id=self.id) from exc
@@ -215,19 +224,12 @@ class AsyncSession:
             self._state = SessionState.READY
         return self
 
-    def _make_run_dir(self) -> None:
-        root = self.run_dir.parent
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.run_dir.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            # Only the kernel's uid (and root on the host) may use the sockets.
-            os.chown(self.run_dir, self.config.uid, self.config.gid)
-
     async def _launch_container(self, deadline: float) -> None:
         t0 = time.monotonic()
         if not self.run_dir.exists():
-            self._make_run_dir()
+            make_run_dir(self.run_dir, self.config.uid, self.config.gid)
         self._generation += 1
+        self._init.key = write_init_key(self.run_dir, self.config.uid, self.config.gid)
         endpoint = write_endpoint(self.run_dir, self._generation, self.config.uid,
                                   self.config.gid)
         spec = ContainerSpec(
@@ -236,13 +238,27 @@ class AsyncSession:
             env={**self.config.env, "AGENTBOX_AUTOSTART": endpoint.connection_file},
             labels=self.labels,
         )
-        self._container_id = await self.runtime.start(spec)
+        self._container_id = await self._start_container(spec)
         self._container_suspect = False
         t1 = time.monotonic()
         self.phases["container_start"] = t1 - t0
         self._init_generation = 1
         await self._connect(endpoint, deadline)
         self.phases["kernel_ready"] = time.monotonic() - t1
+
+    async def _start_container(self, spec: ContainerSpec) -> str:
+        """``runtime.start``, but a cancel (a client gone, a server shutting down) waits
+        for the engine's answer first, so that the caller's teardown knows the container
+        the engine created meanwhile and removes it."""
+        starting = asyncio.ensure_future(self.runtime.start(spec))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                # Bounded by the engine client's own timeout; a second cancel stops the
+                # wait and leaves the container to the reaper (its run dir will be gone).
+                self._container_id = await starting
+            raise
 
     async def _connect(self, endpoint: Any, deadline: float) -> None:
         kernel = KernelConnection(endpoint, max_message_bytes=self.config.max_message_bytes)
@@ -688,4 +704,4 @@ class AsyncSession:
                     log.warning("session %s: container %s not removed (%s); the reaper will "
                                 "retry", self.id, container[:12], exc)
         finally:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            remove_run_dir(self.run_dir)

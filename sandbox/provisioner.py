@@ -55,7 +55,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import tempfile
@@ -70,7 +69,14 @@ from traitlets import Dict, Float, Integer, Unicode
 
 from sandbox._config import SandboxConfig, default_base_dir, make_config
 from sandbox._exceptions import SandboxError, SessionStartError
-from sandbox._kernel import PORTS, InitClient, InitUnavailable, write_connection_file
+from sandbox._kernel import (
+    PORTS,
+    InitClient,
+    InitUnavailable,
+    write_connection_file,
+    write_init_key,
+)
+from sandbox._rundir import make_run_dir, remove_run_dir
 from sandbox._runtime.base import (
     CONTAINER_RUN_DIR,
     LABEL_APP,
@@ -119,6 +125,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self._containers = 0  # containers started for this run dir (names them)
         self._generation = 0  # agentbox-init's count of kernels started in the container
         self._exit_code: int | None = None
+        self._init_key: bytes | None = None  # the current container's (write_init_key)
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -136,7 +143,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
     def _init(self) -> InitClient:
         if self.run_dir is None:
             raise SandboxError("the kernel has no run directory (not launched)")
-        return InitClient(self.run_dir)
+        return InitClient(self.run_dir, self._init_key)
 
     def _manager(self) -> KernelManager:
         km = self.parent
@@ -184,7 +191,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             self.session_id = f"s-{secrets.token_hex(6)}"
             self.run_dir = default_base_dir() / self.session_id
             self._containers = 0
-            self._make_run_dir(config)
+            make_run_dir(self.run_dir, config.uid, config.gid)
         assert self.run_dir is not None
         try:
             if fresh:
@@ -210,14 +217,6 @@ class AgentBoxProvisioner(KernelProvisionerBase):
                 await self._teardown()
             raise
         return kwargs
-
-    def _make_run_dir(self, config: SandboxConfig) -> None:
-        assert self.run_dir is not None
-        self.run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.run_dir.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            # Only the kernel's uid (and root on the host) may use the sockets.
-            os.chown(self.run_dir, config.uid, config.gid)
 
     def _write_container_connection_file(self, km: KernelManager, config: SandboxConfig) -> None:
         """``kernel.json`` as the kernel sees it: same key and ports, container paths."""
@@ -283,6 +282,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self._remove_sockets()
         with contextlib.suppress(OSError):
             (self.run_dir / "init.sock").unlink()
+        self._init_key = write_init_key(self.run_dir, config.uid, config.gid)
         from sandbox._image import image_tag
 
         self._containers += 1
@@ -425,7 +425,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             self.run_dir = None
             self.session_id = None
             if run_dir is not None:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                remove_run_dir(run_dir)
 
     # -- persistence ----------------------------------------------------------------------
     async def get_provisioner_info(self) -> dict[str, Any]:
@@ -436,6 +436,8 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             "container_id": self.container_id,
             "generation": self._generation,
             "containers": self._containers,
+            # Host-side only (the provisioner info is kept by the host, never the box).
+            "init_key": self._init_key.hex() if self._init_key is not None else None,
             "sandbox_config": (self._config.model_dump(mode="json")
                                if self._config is not None else None),
         })
@@ -449,6 +451,8 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self.container_id = provisioner_info.get("container_id")
         self._generation = int(provisioner_info.get("generation") or 0)
         self._containers = int(provisioner_info.get("containers") or 0)
+        init_key = provisioner_info.get("init_key")
+        self._init_key = bytes.fromhex(init_key) if isinstance(init_key, str) else None
         config = provisioner_info.get("sandbox_config")
         self._config = make_config(config) if isinstance(config, dict) else None
 

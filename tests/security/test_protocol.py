@@ -360,15 +360,6 @@ async def impostor(attacker: AsyncSession, victim: AsyncSession, runtime: str,
 
 async def test_an_impostor_init_cannot_make_the_host_chown_a_host_file(
         impostor: dict[str, Any], runtime: str, request: pytest.FixtureRequest) -> None:
-    if runtime == "runc":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "HOST ESCAPE (runc): sandbox/_kernel.py write_endpoint() creates kernel-<g>.json in "
-            "the run dir the sandbox user owns, then os.chown(path) BY NAME (follows symlinks); "
-            "_restart_kernel() calls it after trusting {'op': 'kill'} answered by whatever "
-            "listens on init.sock. An impostor init in the box answers the kill, plants a full "
-            "FIFO at kernel-<g+1>.json so the host's write of the key blocks, swaps a symlink "
-            "to any host path in under the name, drains the FIFO: host root then chowns that "
-            "host path to 1000:1000. Deterministic, no race")))
     # (gVisor: the same host code runs, but a FIFO made inside is no host FIFO and a
     # polling swap has not won the microsecond race in our runs.)
     assert impostor["after"].status == "ok"
@@ -378,24 +369,12 @@ async def test_an_impostor_init_cannot_make_the_host_chown_a_host_file(
 
 async def test_an_impostor_init_is_never_obeyed(impostor: dict[str, Any],
                                                 request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "WEAKNESS: the host finds agentbox-init by path (init.sock) in the sandbox-owned run "
-        "dir: code in the box replaces it with its own server, which then answers the host's "
-        "kill/start/signal requests (sandbox/_session.py _restart_kernel trusts 'kill': ok "
-        "and goes on to write the next key); the host noticed only because the impostor "
-        "refused 'start'")))
     assert impostor["after"].status == "ok"
     assert not any("impostor init" in m for m in impostor["log"]), impostor["log"]
 
 
 async def test_an_impostor_init_cannot_stall_the_host(impostor: dict[str, Any], runtime: str,
                                                       request: pytest.FixtureRequest) -> None:
-    if runtime == "runc":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "HOST DoS (runc): write_endpoint() opens kernel-<g>.json (blocking open, no O_EXCL) "
-            "and writes to it on the event loop; a full FIFO planted there by the box (with an "
-            "impostor init answering 'kill') blocks the whole host process — every session, the "
-            "API server — for as long as the box likes (here 3 s; forever if it never drains)")))
     assert impostor["max_gap"] < 1.0, f"the host's event loop stood still {impostor['max_gap']:.1f}s"
     assert_victim_unharmed(impostor["runs"], "impostor")
 
