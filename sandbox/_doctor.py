@@ -20,6 +20,7 @@ from rich.table import Table
 
 from sandbox._exceptions import SandboxError
 from sandbox._image import image_status
+from sandbox._rundir import probe_capped
 from sandbox._runtime.engine import connect
 
 PROBE_MEMORY_MB = 192
@@ -157,6 +158,9 @@ def _engine_checks(client: docker.DockerClient, report: Report, runtime_check: b
     report.checks.append(Check("cgroup version", True,
                                f"v{report.facts['cgroup_version']} "
                                f"({report.facts['cgroup_driver']} driver)", required=False))
+    capped, detail = probe_capped()
+    report.facts["run_dir_capped"] = capped
+    report.checks.append(Check("socket directory capped", capped, detail, required=False))
     try:
         status = image_status(client)
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:

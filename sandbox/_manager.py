@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 from sandbox._config import ManagerConfig, SandboxConfig
 from sandbox._exceptions import CapacityError, SandboxError, SessionNotFoundError
 from sandbox._pool import WarmPool
+from sandbox._rundir import remove_run_dir
 from sandbox._runtime.base import (
     LABEL_APP,
     LABEL_HOST,
@@ -61,7 +61,8 @@ def pid_alive(pid: int) -> bool:
 
 async def sweep_orphans(runtime: Runtime, run_root: Path, *,
                         only_dead_owners: bool = True) -> GarbageReport:
-    """Remove containers of dead owners on this host, and run dirs no container names."""
+    """Remove containers of dead owners on this host, containers whose session closed
+    without removing them, and run dirs no container names."""
     host = socket.gethostname()
     containers = await runtime.list({LABEL_APP: "agentbox"})
     removed = 0
@@ -69,8 +70,14 @@ async def sweep_orphans(runtime: Runtime, run_root: Path, *,
     for c in containers:
         owner = c.labels.get(LABEL_OWNER_PID, "")
         same_host = c.labels.get(LABEL_HOST, host) == host
+        run_dir_label = c.labels.get(LABEL_RUN_DIR, "")
+        # A live owner's session removes its run dir only as the last step of closing
+        # (and creates it before the container), so a container of ours whose run dir is
+        # gone is one that close() could not remove (an engine outage) or whose start
+        # was abandoned before the engine answered: an orphan too.
+        closed = same_host and _run_dir_gone(run_dir_label, run_root)
         orphan = (same_host and owner.isdigit() and not pid_alive(int(owner))) \
-            or not only_dead_owners
+            or closed or not only_dead_owners
         if orphan:
             try:
                 await runtime.remove(c.id)
@@ -81,11 +88,16 @@ async def sweep_orphans(runtime: Runtime, run_root: Path, *,
             else:
                 run_dir = c.labels.get(LABEL_RUN_DIR)
                 if run_dir and Path(run_dir).parent == run_root:
-                    shutil.rmtree(run_dir, ignore_errors=True)
+                    remove_run_dir(run_dir)
         else:
             claimed_dirs.add(c.labels.get(LABEL_RUN_DIR, ""))
     dirs = await asyncio.to_thread(_sweep_dirs, run_root, claimed_dirs, only_dead_owners)
     return GarbageReport(removed, dirs)
+
+
+def _run_dir_gone(label: str, run_root: Path) -> bool:
+    """Whether a container's run dir (its label) was one of ours and has been removed."""
+    return bool(label) and Path(label).parent == run_root and not os.path.lexists(label)
 
 
 def _sweep_dirs(run_root: Path, claimed: set[str], only_dead_owners: bool) -> int:
@@ -102,7 +114,7 @@ def _sweep_dirs(run_root: Path, claimed: set[str], only_dead_owners: bool) -> in
         except OSError:
             continue
         if age >= ORPHAN_DIR_MIN_AGE_S or not only_dead_owners:
-            shutil.rmtree(child, ignore_errors=True)
+            remove_run_dir(child)
             dirs += 1
     return dirs
 

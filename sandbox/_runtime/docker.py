@@ -87,6 +87,10 @@ def container_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "init": False,  # the image's own init (agentbox-init) is PID 1
         "auto_remove": False,  # keep the state for OOM/exit inspection until we remove it
     }
+    if cfg.network != "host" and not cfg.network.startswith("container:"):
+        # Docker sets this to 0 in every container of its own network namespace:
+        # without it uid 1000 could bind port 80. (gVisor ignores it; see docs/security.md.)
+        kwargs["sysctls"] = {"net.ipv4.ip_unprivileged_port_start": "1024"}
     if cfg.drop_all_capabilities:
         kwargs["cap_drop"] = ["ALL"]
     if cfg.no_new_privileges:

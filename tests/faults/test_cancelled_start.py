@@ -91,12 +91,6 @@ class SlowAnswer:
         return Containers()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: AsyncSession.start() cancelled while DockerRuntime.start() waits for the "
-    "engine (the container already created and running in the worker thread) never "
-    "learns the container's id, so _teardown() has nothing to remove: the container "
-    "keeps running, labelled with a live owner pid, and no sweep removes it while the "
-    "process lives"))
 async def test_a_start_cancelled_while_the_engine_answers_leaves_nothing(engine: Any) -> None:
     client = SlowAnswer(connect())
     runtime = DockerRuntime(client)  # type: ignore[arg-type]

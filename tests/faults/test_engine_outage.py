@@ -224,11 +224,6 @@ async def test_close_during_an_outage_returns_at_once(
     assert containers_of(engine, box) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a container the engine could not remove during an outage (close), or created "
-    "while its answer was lost (start), is never removed while the owning process lives: "
-    "sweep_orphans only removes containers whose owner pid is dead, although the close() "
-    "warning says 'the reaper will retry'"))
 @pytest.mark.parametrize("lost_in", ["close", "start"])
 async def test_what_an_outage_left_is_removed_once_the_engine_is_back(
         lost_in: str, engine: Any, proxy: EngineProxy, runtime: DockerRuntime,

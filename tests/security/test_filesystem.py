@@ -233,11 +233,21 @@ def test_only_the_expected_mounts_are_writable(walk: dict[str, Any], runtime: st
         assert f"size={size_mb}m" in mounts[point]["opts"] or \
             f"size={size_mb * 1024}k" in mounts[point]["opts"], mounts[point]
     # The host filesystems visible inside: the read-only root, Docker's three read-only
-    # /etc files and the session's socket directory; nothing else of the host.
+    # /etc files and the session's socket directory (under runc seen as what it is on
+    # the host, a small tmpfs of its own; gVisor shows every host mount as 9p); nothing
+    # else of the host.
     host_fs = {"9p"} if runtime == "runsc" else {"ext4", "xfs", "btrfs", "overlay"}
     from_host = {p for p, m in mounts.items() if m["type"] in host_fs}
-    assert from_host == {"/", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run/kernel"}
-    assert {p for p in from_host if "rw" in mounts[p]["opts"]} == {"/run/kernel"}
+    etc = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
+    if runtime == "runsc":
+        assert from_host == {"/", *etc, "/run/kernel"}
+        assert {p for p in from_host if "rw" in mounts[p]["opts"]} == {"/run/kernel"}
+    else:
+        assert from_host == {"/", *etc}
+        assert {p for p in from_host if "rw" in mounts[p]["opts"]} == set()
+        run_kernel = mounts["/run/kernel"]
+        assert run_kernel["type"] == "tmpfs", run_kernel
+        assert {"rw", "nosuid", "nodev", "noexec", "size=1024k"} <= set(run_kernel["opts"])
 
 
 def test_writable_tmpfs_mounts_cannot_run_dropped_binaries(box: Session, runtime: str) -> None:
@@ -246,10 +256,13 @@ def test_writable_tmpfs_mounts_cannot_run_dropped_binaries(box: Session, runtime
         assert found[d] == "EACCES", (d, found)  # mounted noexec
 
 
-def test_socket_directory_cannot_run_dropped_binaries(box: Session,
+def test_socket_directory_cannot_run_dropped_binaries(box: Session, runtime: str,
                                                       request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason="WEAKNESS: the /run/kernel bind mount has no noexec/nosuid/nodev "
-        "(sandbox/_runtime/docker.py mounts it plain rw): a dropped binary runs from there"))
+    if runtime == "runsc":
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+            "LIMITATION (gVisor): the Sentry mounts the bind mount with the options of the "
+            "OCI spec, which Docker cannot set to noexec for a bind; the host tmpfs's noexec "
+            "is not seen inside. The binary still runs in the Sentry, like any code the "
+            "sandbox runs, and the directory's size stays capped (test_resources)")))
     found = probe(box, EXEC_DROPPED)
     assert found["/run/kernel"] == "EACCES", json.dumps(found)

@@ -144,11 +144,6 @@ def test_filling_a_writable_mount_stops_at_its_size(box: Session, path: str,
 
 def test_filling_the_socket_directory_is_capped(box: Session, request: pytest.FixtureRequest
                                                 ) -> None:
-    request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "WEAKNESS: /run/kernel is a plain bind mount of the host run directory "
-        "(sandbox/_runtime/docker.py), writable by the sandbox user and without any size "
-        "limit: code in the box writes as much as it likes to the host's disk (and inodes), "
-        "bypassing tmp_size_mb/workdir_size_mb; the files stay until the session closes")))
     run_dir = box._async.run_dir
     found = probe(box, FILL.replace("os.unlink(%r)", "pass  # %r") % (
         "/run/kernel/fill", 64, "/run/kernel/fill"))
