@@ -41,11 +41,12 @@ test: setup engine-gvisor postgres lint  ## everything, against the real engine 
 unit: venv  ## pure-logic tests only (no engine)
 	$(BIN)/python -m pytest -q tests/unit
 
-bench: setup  ## writes docs/benchmarks.md, -api.md and -scale.md (about 7-14 minutes)
+bench: setup  ## writes docs/benchmarks.md, -api.md, -scale.md and -tuning.md (about 15 minutes)
 	AGENTBOX_WITH_RUNSC=1 scripts/ensure-docker
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_tuning.py
 	$(BIN)/python bench/bench_core.py --render-only bench/results/core.json
 
 serve: setup

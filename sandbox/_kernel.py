@@ -31,11 +31,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.session import Session
 
 from sandbox._exceptions import DeadlineExceeded, SandboxError
 from sandbox._runtime.base import CONTAINER_RUN_DIR
@@ -186,6 +187,36 @@ class InitClient:
             await asyncio.sleep(0.01)
 
 
+def deserialize(session: Session, frames: list[bytes]) -> dict[str, Any]:
+    """A kernel message from its ZMQ frames: ``Session.deserialize`` without the two
+    things the host never uses and pays for on every message.
+
+    - ``header.date`` and ``parent_header.date`` parsed with dateutil
+      (``jsonutil.extract_dates``): a seventh of the host's CPU per cell; they stay
+      ISO strings here, and nothing reads them.
+    - the history of seen signatures, kept to refuse a replayed message: the box holds
+      its kernel's key and can sign what it likes, so a replay proves nothing a forgery
+      would not, and the history grows to 65,536 digests per session.
+
+    Raises ValueError for an unsigned, wrongly signed or malformed message.
+    """
+    _, found = session.feed_identities(frames)
+    parts = cast(list[bytes], found)  # recv_multipart() copies: bytes, not Frames
+    if len(parts) < 5:
+        raise ValueError(f"malformed message: {len(parts)} frames")
+    if session.auth is not None and not hmac.compare_digest(
+            parts[0], session.sign(parts[1:5])):
+        raise ValueError("invalid signature")
+    header = session.unpack(parts[1])
+    parent = session.unpack(parts[2])
+    if not isinstance(header, dict) or not isinstance(parent, dict):
+        raise ValueError("malformed message: header or parent header is not an object")
+    return {"header": header, "msg_id": header.get("msg_id"),
+            "msg_type": header.get("msg_type"), "parent_header": parent,
+            "metadata": session.unpack(parts[3]), "content": session.unpack(parts[4]),
+            "buffers": [memoryview(b) for b in parts[5:]]}
+
+
 class KernelConnection:
     """jupyter_client's async client for one kernel generation, with routed replies."""
 
@@ -310,11 +341,15 @@ class KernelConnection:
             queue.put_nowait((channel, payload))
 
     async def _pump(self, channel: str) -> None:
-        getter = {"iopub": self.client.get_iopub_msg, "shell": self.client.get_shell_msg,
-                  "control": self.client.get_control_msg}[channel]
+        # One recv_multipart() per message, not jupyter_client's get_*_msg() (which awaits
+        # a poll() and then the recv: two pyzmq futures), and deserialize() below: together
+        # a quarter of the host's CPU per cell (bench/bench_tuning.py measures both).
+        sock = {"iopub": self.client.iopub_channel, "shell": self.client.shell_channel,
+                "control": self.client.control_channel}[channel].socket
+        session = self.client.session
         while True:
             try:
-                msg = await getter()
+                msg = deserialize(session, await sock.recv_multipart())
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as exc:

@@ -1,8 +1,8 @@
-"""The three benchmark scripts, run for real in quick mode: each finishes, writes every
+"""The four benchmark scripts, run for real in quick mode: each finishes, writes every
 figure it promises with positive numbers, and leaves no container behind. So CI runs the
 benchmarks, and they cannot rot unnoticed.
 
-The three scripts run at the same time (each in its own process, so their containers
+The four scripts run at the same time (each in its own process, so their containers
 are told apart by the owner-pid label): the module took 3m22s on the 2-core machine with
 a load average of 10 from other test suites, less on a quiet one. Timing is not what is
 checked here; each script's --quick plan is what keeps it short.
@@ -24,7 +24,7 @@ import pytest
 pytestmark = pytest.mark.usefixtures("engine")
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = ("core", "api", "scale")
+SCRIPTS = ("core", "api", "scale", "tuning")
 TIMEOUT_S = 540
 
 CORE_SERIES = [
@@ -63,7 +63,7 @@ def scale_series(data: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Start all three quick runs at once; each test waits for its own."""
+    """Start all the quick runs at once; each test waits for its own."""
     out = tmp_path_factory.mktemp("bench")
     runs = {}
     for name in SCRIPTS:
@@ -164,3 +164,23 @@ def test_scale_quick(results: dict[str, Any]) -> None:
     assert all(b["cells"] > 0 for b in data["bursts"])
     assert len(data["load"]) >= 5 and all(len(x["loadavg"]) == 3 for x in data["load"])
     assert len(data["headlines"]) == 4
+
+
+@pytest.mark.timeout(TIMEOUT_S + 60)
+def test_tuning_quick(results: dict[str, Any]) -> None:
+    data = finished(results, "tuning")
+    plan = data["plan"]
+    for side in ("before", "after"):
+        for kind in ("wall", "cpu"):
+            values = data["samples"][side][kind]
+            assert len(values) == plan["rounds"], (side, kind)
+            assert all(math.isfinite(v) and v > 0 for v in values), (side, kind)
+    for kind in ("wall", "cpu"):
+        c = data["comparisons"][kind]
+        lo, hi = c["ratio_ci95"]
+        assert c["before_ms"] > 0 and c["after_ms"] > 0 and 0 < lo <= c["ratio"] <= hi, c
+    # The profile really ran through the library's code: its own modules show up.
+    assert "sandbox/_kernel.py" in data["profile"] and "by area" in data["profile"]
+    assert data["plain"]["wall_per_cell"] > 0 and data["plain"]["cpu_per_cell"] > 0
+    assert len(data["headlines"]) == 2
+    assert data["checks"]["leaked_containers"] == []
