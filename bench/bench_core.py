@@ -86,7 +86,7 @@ class Plan:
 
 PLANS = {
     "quick": Plan("quick", cold=5, pool=8, trivial=30, heavy=5, block=5),
-    "full": Plan("full", cold=40, pool=40, trivial=200, heavy=20, block=10),
+    "full": Plan("full", cold=30, pool=40, trivial=200, heavy=20, block=10),
 }
 
 
