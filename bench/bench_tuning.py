@@ -51,10 +51,12 @@ from bench_core import (
     cli,
     git_state,
     ratio_ci,
+    save_figure,
 )
 
 DEFAULT_OUT = REPO / "bench" / "results" / "tuning.json"
 DEFAULT_REPORT = REPO / "docs" / "benchmarks-tuning.md"
+PLOT_NAME = "bench-tuning.png"
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,31 @@ async def run(plan: Plan, console: Any) -> dict[str, Any]:
     }
 
 
+def make_plot(data: dict[str, Any], path: Path) -> bool:
+    """Each round's host CPU and wall time per cell, before and after."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, (kind, label) in zip(axes, (("cpu", "host CPU per cell (ms)"),
+                                        ("wall", "round trip per cell (ms)")), strict=True):
+        for x, side in enumerate(("before", "after")):
+            values = [v * 1e3 for v in data["samples"][side][kind]]
+            ax.scatter([x] * len(values), values, alpha=0.6, label=side)
+            ax.hlines(statistics.median(values), x - 0.25, x + 0.25, color="black")
+        ax.set_xticks([0, 1], ["before\n(jupyter_client get_msg)", "after\n(library pump)"])
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(label)
+    fig.suptitle(f"`1+1` per round of {data['plan']['block']} cells, {data['mode']} mode, "
+                 f"{data['date'][:10]} (bar: median)", fontsize=9)
+    return save_figure(fig, path)
+
+
 def write_report(data: dict[str, Any], path: Path, console: Any) -> None:
     c, plan = data["comparisons"], data["plan"]
     lines = [
@@ -302,6 +329,8 @@ def write_report(data: dict[str, Any], path: Path, console: Any) -> None:
         "(two I/O threads per session; one shared context would save threads, not time "
         "per cell).",
         "",
+        *([f"![host CPU and round trip per cell, before and after]({PLOT_NAME})", ""]
+          if make_plot(data, path.parent / PLOT_NAME) else []),
         "## Profile of the library as it is now",
         "",
         "```text",
