@@ -6,6 +6,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
 from api.service import SandboxService
@@ -22,7 +23,16 @@ def get_service(request: Request) -> SandboxService:
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agentbox"'}
 
 
-def get_key(request: Request, service: Annotated[SandboxService, Depends(get_service)]) -> str:
+# Declares the scheme in the OpenAPI schema (components.securitySchemes.bearer, and
+# security on every route that takes a Key); the checking is get_key's own.
+BEARER = HTTPBearer(scheme_name="bearer", auto_error=False,
+                    description="An API key from AGENTBOX_API_KEYS (none needed on loopback "
+                                "when no keys are configured).")
+
+
+def get_key(request: Request, service: Annotated[SandboxService, Depends(get_service)],
+            _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+            ) -> str:
     """The caller's key id. Without configured keys (loopback only) everyone is 'local'."""
     keys = service.settings.keys()
     if not keys:

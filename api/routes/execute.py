@@ -22,7 +22,8 @@ def wants_stream(request: Request) -> bool:
 
 
 @router.post("/v1/sessions/{session_id}/execute", response_model=ExecuteResponse,
-             responses={200: {"content": {"text/event-stream": {}}}})
+             responses={200: {"content": {"text/event-stream": {}}},
+                        400: {"model": ErrorResponse, "description": "The body is not JSON"}})
 async def execute(service: Service, key: Key, session_id: str, body: ExecuteRequest,
                   request: Request) -> Any:
     """Run a cell. An error in the code is a 200 with ``status: "error"``. A session
@@ -35,7 +36,10 @@ async def execute(service: Service, key: Key, session_id: str, body: ExecuteRequ
     return await service.execute(key, session_id, body.code, body.timeout_s)
 
 
-@router.post("/v1/execute", response_model=ExecuteResponse)
+@router.post("/v1/execute", response_model=ExecuteResponse,
+             responses={400: {"model": ErrorResponse, "description": "The body is not JSON"},
+                        # it starts a session: the key's or the server's maximum applies
+                        429: {"model": ErrorResponse}})
 async def one_shot(service: Service, key: Key, body: OneShotRequest) -> Any:
     """A fresh sandbox runs the code and is torn down."""
     return await service.one_shot(key, body.code, body.timeout_s, body.limits, body.env)

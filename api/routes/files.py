@@ -10,7 +10,13 @@ from api.schemas import ErrorResponse, FileList, FileOut
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"],
                    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
-                              404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+                              404: {"model": ErrorResponse},
+                              # a directory where a file is meant, or the other way round
+                              409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+
+# The body of an upload is the file's raw bytes, read as a stream (not a form).
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 @router.get("", response_model=FileList)
@@ -21,7 +27,7 @@ async def list_files(service: Service, key: Key, session_id: str, path: str = ""
     return FileList(files=[FileOut(**f.to_dict()) for f in files])
 
 
-@router.put("/{path:path}", status_code=204)
+@router.put("/{path:path}", status_code=204, openapi_extra=UPLOAD_BODY)
 async def upload(service: Service, key: Key, session_id: str, path: str,
                  request: Request) -> Response:
     limit = service.settings.max_upload_bytes

@@ -6,7 +6,7 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import Service
@@ -39,7 +39,7 @@ async def healthz(service: Service) -> Any:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(service: Service) -> Response:
     service.metrics.sessions_active.set(len(service.owned))
     service.metrics.pool_size.set(service.manager.pool_level)

@@ -12,7 +12,8 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
 
 
 @router.post("", status_code=201, response_model=SessionOut,
-             responses={422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+             responses={400: {"model": ErrorResponse, "description": "The body is not JSON"},
+                        422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
 async def create_session(service: Service, key: Key, body: CreateSession | None = None
                          ) -> SessionOut:
     return await service.create(key, body or CreateSession())
