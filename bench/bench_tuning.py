@@ -160,7 +160,7 @@ def report(plain: dict[str, float], stats: pstats.Stats, cells: int, top: int) -
 async def legacy_pump(self: Any, channel: str) -> None:
     """*Before*: the library's pump until the tuning, through jupyter_client's
     ``get_*_msg()`` (a poll, then a recv) and ``Session.deserialize`` (dates parsed,
-    signatures remembered); routing as in ``KernelConnection._pump``."""
+    signatures remembered); routing by ``KernelConnection.deliver``, as the library's."""
     import zmq
 
     getter = {"iopub": self.client.get_iopub_msg, "shell": self.client.get_shell_msg,
@@ -173,13 +173,7 @@ async def legacy_pump(self: Any, channel: str) -> None:
         except Exception:
             self.rejected += 1
             continue
-        parent = msg.get("parent_header") if isinstance(msg, dict) else None
-        parent_id = parent.get("msg_id") if isinstance(parent, dict) else None
-        queue = self._routes.get(parent_id) if isinstance(parent_id, str) else None
-        if queue is None:
-            self.unrouted += 1
-            continue
-        queue.put_nowait((channel, msg))
+        self.deliver(channel, msg)
 
 
 async def before_after(plan: Plan) -> dict[str, dict[str, list[float]]]:

@@ -63,8 +63,8 @@ class KernelEndpoint:
         return [run_dir / f"k{self.generation}-{port}" for port in PORTS.values()]
 
 
-def write_connection_file(path: Path, info: dict[str, Any], uid: int, gid: int) -> None:
-    """Write a connection file the kernel (uid:gid) can read, into a run dir it can write.
+def _write_for_kernel(path: Path, text: str, uid: int, gid: int, mode: int) -> None:
+    """Write a file the kernel (uid:gid) can read, into a run dir it can write.
 
     The sandbox may have planted a symlink or a FIFO under this name: whatever is there
     is removed (unlink never follows links), a new regular file is created exclusively
@@ -73,25 +73,22 @@ def write_connection_file(path: Path, info: dict[str, Any], uid: int, gid: int) 
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK,
-                 0o600)
+                 mode)
     with os.fdopen(fd, "w") as fh:
         if os.geteuid() == 0:
             os.fchown(fh.fileno(), uid, gid)
-        json.dump(info, fh)
+        fh.write(text)
+
+
+def write_connection_file(path: Path, info: dict[str, Any], uid: int, gid: int) -> None:
+    """A kernel's connection file, written safely (:func:`_write_for_kernel`)."""
+    _write_for_kernel(path, json.dumps(info), uid, gid, 0o600)
 
 
 def write_init_key(run_dir: Path, uid: int, gid: int) -> bytes:
     """A fresh key for the next container's init, written where it reads it at boot."""
     key = secrets.token_bytes(32)
-    path = run_dir / INIT_KEY_FILE
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK,
-                 0o400)
-    with os.fdopen(fd, "w") as fh:
-        if os.geteuid() == 0:
-            os.fchown(fh.fileno(), uid, gid)
-        fh.write(key.hex())
+    _write_for_kernel(run_dir / INIT_KEY_FILE, key.hex(), uid, gid, 0o400)
     return key
 
 
@@ -362,13 +359,18 @@ class KernelConnection:
             except Exception:  # bad signature, bad JSON, bad shape: the sandbox's doing
                 self.rejected += 1
                 continue
-            parent = msg.get("parent_header") if isinstance(msg, dict) else None
-            parent_id = parent.get("msg_id") if isinstance(parent, dict) else None
-            queue = self._routes.get(parent_id) if isinstance(parent_id, str) else None
-            if queue is None:
-                self.unrouted += 1
-                continue
-            queue.put_nowait((channel, msg))
+            self.deliver(channel, msg)
+
+    def deliver(self, channel: str, msg: dict[str, Any]) -> None:
+        """Hand a message to the execution it answers (by parent ``msg_id``), or count
+        it as unrouted: output is never attributed to another execution."""
+        parent = msg.get("parent_header") if isinstance(msg, dict) else None
+        parent_id = parent.get("msg_id") if isinstance(parent, dict) else None
+        queue = self._routes.get(parent_id) if isinstance(parent_id, str) else None
+        if queue is None:
+            self.unrouted += 1
+            return
+        queue.put_nowait((channel, msg))
 
     async def close(self) -> None:
         for task in self._pumps:
