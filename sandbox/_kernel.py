@@ -184,6 +184,38 @@ class InitClient:
             await asyncio.sleep(0.01)
 
 
+RECV_WATCH_S = 0.5
+
+
+async def _recv_watched(sock: Any) -> list[bytes]:
+    """``sock.recv_multipart()``, re-armed whenever ZMQ holds a message the future was not
+    woken for.
+
+    ZMQ's file descriptor is edge-triggered, and a send on the same DEALER socket can
+    consume the edge of a reply that has just arrived: the recv future then sleeps
+    while the reply waits in the socket (seen, rarely, as an execute_reply or a
+    kernel_info reply that never came while IOPub went on). Every RECV_WATCH_S of
+    silence the socket's own POLLIN is checked; a future that missed its message is
+    replaced by a new recv, which takes what is waiting at once.
+    """
+    fut = sock.recv_multipart()
+    try:
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=RECV_WATCH_S)
+            if done:
+                result: list[bytes] = fut.result()
+                return result
+            if sock.closed or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                continue
+            if not fut.cancel():  # it completed meanwhile: keep its message
+                result = fut.result()
+                return result
+            fut = sock.recv_multipart()
+    finally:
+        if not fut.done():
+            fut.cancel()
+
+
 def deserialize(session: Session, frames: list[bytes]) -> dict[str, Any]:
     """A kernel message from its ZMQ frames: ``Session.deserialize`` without the two
     things the host never uses and pays for on every message.
@@ -346,7 +378,7 @@ class KernelConnection:
         session = self.client.session
         while True:
             try:
-                msg = deserialize(session, await sock.recv_multipart())
+                msg = deserialize(session, await _recv_watched(sock))
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as exc:
