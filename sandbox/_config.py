@@ -80,6 +80,14 @@ class SandboxConfig(BaseModel):
     # it accepts off the wire at all (larger ones are dropped by ZMQ unread).
     max_output_bytes: int = Field(4 * MiB, ge=1024, le=1024 * MiB)
     max_message_bytes: int = Field(64 * MiB, ge=64 * 1024, le=2048 * MiB)
+    # How many outputs one execution keeps (stream runs, displays, errors): tiny ones
+    # cost little in bytes but an object, a history entry and a notebook output each.
+    max_outputs: int = Field(10_000, ge=10, le=1_000_000)
+    # What one execution sends live (stream(), on_output, the API's event stream), on
+    # top of what it keeps: a clear_output + print loop keeps little but never stops
+    # sending. Past either bound the live feed stops and the result says so.
+    max_live_events: int = Field(1_000_000, ge=100, le=100_000_000)
+    max_live_bytes: int = Field(256 * MiB, ge=64 * 1024, le=64 * 1024 * MiB)
 
     # Files.
     max_upload_bytes: int = Field(100 * MiB, ge=1, le=16 * 1024 * MiB)

@@ -5,11 +5,23 @@ The session feeds every IOPub message whose parent is the running execution to
 (each new output as published, clears and display updates), and keeps the
 assembled list for the final result: consecutive stream chunks merged,
 ``clear_output`` (also ``wait=True``) and ``update_display_data`` applied, ANSI
-colour stripped from tracebacks, and the total kept bytes capped, with every
-cut said in the result.
+colour stripped from tracebacks, and what is kept capped, with every cut said
+in the result.
 
-Messages come from code the sandbox runs: every field is checked for type and
-anything malformed is dropped and counted, never raised.
+Every kind of output is capped, because each comes from code the sandbox runs
+(a forged ``error`` is as cheap to send as a ``print``):
+
+- bytes kept: ``max_bytes`` of stream text and, separately, ``max_bytes`` of rich
+  outputs (displays, results, errors), markers and placeholders included, so a
+  flood of prints never pushes out the cell's value or its plot;
+- outputs kept: at most ``max_outputs`` (tiny displays cost little in bytes but
+  a Python object, a history row entry and a notebook output each);
+- events sent live: at most ``max_live_events`` and ``max_live_bytes`` per
+  execution. A loop of ``clear_output`` + ``print``, or of updates to a display
+  of another cell, keeps almost nothing but could send events for ever.
+
+Messages are checked for type and anything malformed is dropped and counted,
+never raised.
 """
 
 from __future__ import annotations
@@ -24,6 +36,12 @@ from sandbox._models import DisplayOutput, ErrorOutput, Output, StreamOutput
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 MAX_TRACEBACK_LINES = 200
 MAX_TRACEBACK_LINE = 10_000
+MAX_ENAME = 1000
+MAX_EVALUE = 10_000
+# Room held back in the stream budget for each of stdout and stderr, for the
+# "[output truncated: ...]" marker that finish() appends: markers count, and fit.
+MARKER_RESERVE = 128
+MiB = 1024 * 1024
 
 
 def strip_ansi(text: str) -> str:
@@ -55,6 +73,8 @@ class DisplayUpdate:
 
 
 Event = Output | ClearOutput | DisplayUpdate
+# An event and the bytes it counts against the live budget.
+_Sized = tuple[Event, int]
 
 
 def _utf8_len(text: str) -> int:
@@ -69,12 +89,16 @@ def _bundle_size(data: dict[str, Any]) -> int:
     return size
 
 
+def _error_size(ename: str, evalue: str, traceback: list[str]) -> int:
+    return _utf8_len(ename) + _utf8_len(evalue) + sum(_utf8_len(x) for x in traceback)
+
+
 def output_size(output: Output) -> int:
     """Bytes an output holds (UTF-8), as the caps count them."""
     if isinstance(output, StreamOutput):
         return _utf8_len(output.text)
     if isinstance(output, ErrorOutput):
-        return sum(_utf8_len(x) for x in output.traceback) + _utf8_len(output.evalue)
+        return _error_size(output.ename, output.evalue, output.traceback)
     return _bundle_size(output.data) + _bundle_size(output.metadata)
 
 
@@ -100,12 +124,16 @@ class OutputAssembler:
     """Folds one execution's IOPub messages into outputs. Not thread-safe; one per cell.
 
     ``max_bytes`` caps what is kept, in UTF-8 bytes, twice over: once for stream
-    text and once for rich outputs (displays, results, errors), so that a flood
-    of prints can never push out the cell's value or its plot. Output removed by
-    ``clear_output`` or replaced by an update gives its bytes back.
+    text and once for rich outputs (displays, results, errors). Output removed by
+    ``clear_output`` or replaced by an update gives its bytes back. The caps hold
+    exactly: ``stream_bytes`` and ``rich_bytes`` never exceed ``max_bytes`` and
+    ``outputs`` never holds more than ``max_outputs``.
     """
 
     max_bytes: int
+    max_outputs: int = 10_000
+    max_live_events: int = 1_000_000
+    max_live_bytes: int = 256 * MiB
     outputs: list[Output] = field(default_factory=list)
     execution_count: int | None = None
     idle: bool = False
@@ -114,19 +142,33 @@ class OutputAssembler:
     stream_bytes: int = 0
     rich_bytes: int = 0
     dropped_bytes: int = 0
+    dropped_outputs: int = 0
     malformed: int = 0
+    live_events: int = 0
+    live_bytes: int = 0
+    live_dropped: int = 0
+    live_dropped_bytes: int = 0
     _clear_pending: bool = False
     _stream_dropped: dict[str, int] = field(default_factory=dict)
+    # The bytes each kept output counts (parallel to outputs), and where each display
+    # id is shown: updates and clears then cost no re-measuring and no scan.
+    _sizes: list[int] = field(default_factory=list)
+    _by_id: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def _reserve(self) -> int:
+        return min(MARKER_RESERVE, self.max_bytes // 8)
 
     def feed(self, msg: dict[str, Any]) -> list[Event]:
         """Apply one IOPub message; returns the events a live consumer should see."""
         try:
-            return self._feed(msg)
+            sized = self._feed(msg)
         except (KeyError, TypeError, ValueError, AttributeError):
             self.malformed += 1
             return []
+        return self._live(sized) if sized else []
 
-    def _feed(self, msg: dict[str, Any]) -> list[Event]:
+    def _feed(self, msg: dict[str, Any]) -> list[_Sized]:
         msg_type = msg["header"]["msg_type"]
         content = msg["content"]
         if not isinstance(content, dict):
@@ -146,7 +188,7 @@ class OutputAssembler:
                 self._clear_pending = True
             else:
                 self._clear()
-            return [ClearOutput(wait=wait)]
+            return [(ClearOutput(wait=wait), 0)]
         if msg_type == "stream":
             return self._stream(content)
         if msg_type in ("display_data", "execute_result"):
@@ -157,50 +199,93 @@ class OutputAssembler:
             return self._error(content)
         return []  # comm messages, debug events...: not outputs
 
-    # -- kinds ---------------------------------------------------------------------
+    def _live(self, sized: list[_Sized]) -> list[Event]:
+        """What of *sized* is still within this execution's live budget. The first event
+        over it stops the live feed for good: a consumer sees a prefix of the events,
+        never one with holes, and the result says what it did not see."""
+        sent: list[Event] = []
+        for event, size in sized:
+            if not self.live_dropped and self.live_events < self.max_live_events \
+                    and self.live_bytes + size <= self.max_live_bytes:
+                self.live_events += 1
+                self.live_bytes += size
+                sent.append(event)
+            else:
+                self.live_dropped += 1
+                self.live_dropped_bytes += size
+        return sent
+
+    # -- bookkeeping ------------------------------------------------------------------
     @property
     def kept_bytes(self) -> int:
         return self.stream_bytes + self.rich_bytes
 
-    def _release(self, output: Output) -> None:
-        if isinstance(output, StreamOutput):
-            self.stream_bytes -= output_size(output)
-        else:
-            self.rich_bytes -= output_size(output)
-
     def _clear(self) -> None:
-        for output in self.outputs:
-            self._release(output)
         self.outputs.clear()
+        self._sizes.clear()
+        self._by_id.clear()
+        self.stream_bytes = self.rich_bytes = 0
         self._clear_pending = False
 
     def _before_output(self) -> None:
         if self._clear_pending:
             self._clear()
 
-    def _stream(self, content: dict[str, Any]) -> list[Event]:
+    def _append(self, output: Output, size: int) -> None:
+        if isinstance(output, DisplayOutput) and output.display_id is not None:
+            self._by_id.setdefault(output.display_id, []).append(len(self.outputs))
+        self.outputs.append(output)
+        self._sizes.append(size)
+        if isinstance(output, StreamOutput):
+            self.stream_bytes += size
+        else:
+            self.rich_bytes += size
+
+    def _full(self) -> bool:
+        return len(self.outputs) >= self.max_outputs
+
+    def _drop_output(self, size: int) -> None:
+        self.dropped_outputs += 1
+        self._mark_dropped(size)
+
+    def _mark_dropped(self, n: int) -> None:
+        self.truncated = True
+        self.dropped_bytes += max(n, 0)
+
+    # -- streams ----------------------------------------------------------------------
+    def _stream(self, content: dict[str, Any]) -> list[_Sized]:
         name, text = content["name"], content["text"]
         if name not in ("stdout", "stderr") or not isinstance(text, str):
             raise ValueError("bad stream message")
         self._before_output()
-        room = self.max_bytes - self.stream_bytes
+        last = self.outputs[-1] if self.outputs else None
+        merge = isinstance(last, StreamOutput) and last.name == name
         size = _utf8_len(text)
+        if not merge and self._full():
+            self._lose_stream(name, size)
+            self.dropped_outputs += 1
+            return []
+        room = self.max_bytes - 2 * self._reserve - self.stream_bytes
         if size > room:
             text = _cut_utf8(text, room)
-            lost = size - _utf8_len(text)
-            self._mark_dropped(lost)
-            self._stream_dropped[name] = self._stream_dropped.get(name, 0) + lost
+            self._lose_stream(name, size - _utf8_len(text))
             if not text:
                 return []
-        self.stream_bytes += _utf8_len(text)
-        chunk = StreamOutput(name=name, text=text)
-        last = self.outputs[-1] if self.outputs else None
-        if isinstance(last, StreamOutput) and last.name == name:
+            size = _utf8_len(text)
+        if merge:
+            assert isinstance(last, StreamOutput)
             last.text += text
+            self._sizes[-1] += size
+            self.stream_bytes += size
         else:
-            self.outputs.append(StreamOutput(name=name, text=text))
-        return [chunk]
+            self._append(StreamOutput(name=name, text=text), size)
+        return [(StreamOutput(name=name, text=text), size)]
 
+    def _lose_stream(self, name: str, lost: int) -> None:
+        self._mark_dropped(lost)
+        self._stream_dropped[name] = self._stream_dropped.get(name, 0) + lost
+
+    # -- rich displays ------------------------------------------------------------------
     def _bundle(self, content: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         data = content["data"]
         metadata = content.get("metadata") or {}
@@ -210,25 +295,38 @@ class OutputAssembler:
             raise TypeError("MIME keys must be strings")
         return data, metadata
 
-    def _admit(self, data: dict[str, Any], metadata: dict[str, Any], freed: int = 0
-               ) -> tuple[dict[str, Any], dict[str, Any]]:
-        size = _bundle_size(data) + _bundle_size(metadata)
-        if self.rich_bytes - freed + size <= self.max_bytes:
-            self.rich_bytes += size
-            return data, metadata
-        self._mark_dropped(size)
+    def _placeholder(self, data: dict[str, Any], size: int
+                     ) -> tuple[dict[str, Any], dict[str, Any], int]:
         mimes = ", ".join(sorted(data)) or "no data"
         note = (f"[display dropped: {human_bytes(size)} ({mimes}) exceeds the "
                 f"{human_bytes(self.max_bytes)} output limit of this execution]")
-        placeholder = ({"text/plain": note},
-                       {"agentbox": {"dropped": True, "bytes": size, "mimetypes": sorted(data)}})
-        self.rich_bytes += _bundle_size(placeholder[0]) + _bundle_size(placeholder[1])
-        return placeholder
+        holder = ({"text/plain": note},
+                  {"agentbox": {"dropped": True, "bytes": size, "mimetypes": sorted(data)}})
+        return holder[0], holder[1], _bundle_size(holder[0]) + _bundle_size(holder[1])
 
-    def _display(self, msg_type: str, content: dict[str, Any]) -> list[Event]:
+    def _admit(self, data: dict[str, Any], metadata: dict[str, Any], freed: int = 0,
+               copies: int = 1) -> tuple[dict[str, Any], dict[str, Any], int] | None:
+        """The bundle to keep (*copies* times, in place of *freed* bytes): itself if it
+        fits, else a placeholder that says what was dropped, else None (nothing fits)."""
+        size = _bundle_size(data) + _bundle_size(metadata)
+        room = self.max_bytes - self.rich_bytes + freed
+        if size * copies <= room:
+            return data, metadata, size
+        self._mark_dropped(size * copies)
+        holder = self._placeholder(data, size)
+        return holder if holder[2] * copies <= room else None
+
+    def _display(self, msg_type: str, content: dict[str, Any]) -> list[_Sized]:
         bundle = self._bundle(content)
         self._before_output()
-        data, metadata = self._admit(*bundle)
+        if self._full():
+            self._drop_output(_bundle_size(bundle[0]) + _bundle_size(bundle[1]))
+            return []
+        admitted = self._admit(*bundle)
+        if admitted is None:
+            self.dropped_outputs += 1
+            return []
+        data, metadata, size = admitted
         transient = content.get("transient") or {}
         display_id = transient.get("display_id") if isinstance(transient, dict) else None
         count = content.get("execution_count") if msg_type == "execute_result" else None
@@ -238,68 +336,115 @@ class OutputAssembler:
             execution_count=count if isinstance(count, int) else None,
             display_id=display_id if isinstance(display_id, str) else None,
         )
-        self.outputs.append(out)
-        return [out]
+        self._append(out, size)
+        return [(out, size)]
 
-    def _update(self, content: dict[str, Any]) -> list[Event]:
+    def _update(self, content: dict[str, Any]) -> list[_Sized]:
         transient = content.get("transient") or {}
         display_id = transient.get("display_id") if isinstance(transient, dict) else None
         if not isinstance(display_id, str):
             raise ValueError("update_display_data without display_id")
-        targets = [i for i, out in enumerate(self.outputs)
-                   if isinstance(out, DisplayOutput) and out.display_id == display_id]
-        if not targets:  # it names a display of an earlier cell: nothing here to update
-            data, metadata = self._bundle(content)
-            return [DisplayUpdate(display_id=display_id, output=DisplayOutput(
-                type="display_data", data=data, metadata=metadata, display_id=display_id))]
-        freed = sum(output_size(self.outputs[i]) for i in targets)
-        data, metadata = self._admit(*self._bundle(content), freed=freed)
-        self.rich_bytes -= freed
+        data, metadata = self._bundle(content)
+        targets = self._by_id.get(display_id, [])
+        if not targets:
+            return self._foreign_update(display_id, data, metadata)
+        freed = sum(self._sizes[i] for i in targets)
+        admitted = self._admit(data, metadata, freed=freed, copies=len(targets))
+        if admitted is None:  # not even placeholders fit: the old displays stay
+            self.dropped_outputs += 1
+            return []
+        data, metadata, size = admitted
+        self.rich_bytes += size * len(targets) - freed
         # Every output showing this display id now shows the new data (counted once
         # per copy, like the outputs it replaces).
-        self.rich_bytes += (len(targets) - 1) * (_bundle_size(data) + _bundle_size(metadata))
-        updated = DisplayOutput(type="display_data", data=data, metadata=metadata,
-                                display_id=display_id)
         for i in targets:
             out = self.outputs[i]
             assert isinstance(out, DisplayOutput)
             self.outputs[i] = DisplayOutput(type=out.type, data=data, metadata=metadata,
                                             execution_count=out.execution_count,
                                             display_id=display_id)
-        return [DisplayUpdate(display_id=display_id, output=updated)]
+            self._sizes[i] = size
+        updated = DisplayOutput(type="display_data", data=data, metadata=metadata,
+                                display_id=display_id)
+        return [(DisplayUpdate(display_id=display_id, output=updated), size)]
 
-    def _error(self, content: dict[str, Any]) -> list[Event]:
+    def _foreign_update(self, display_id: str, data: dict[str, Any],
+                        metadata: dict[str, Any]) -> list[_Sized]:
+        """An update of a display this cell does not show (an earlier cell's, or none):
+        nothing here to keep, so it only goes live, and no larger than a kept one."""
+        size = _bundle_size(data) + _bundle_size(metadata)
+        if size > self.max_bytes:
+            data, metadata, size = self._placeholder(data, size)
+        out = DisplayOutput(type="display_data", data=data, metadata=metadata,
+                            display_id=display_id)
+        return [(DisplayUpdate(display_id=display_id, output=out), size)]
+
+    # -- errors -------------------------------------------------------------------------
+    def _error(self, content: dict[str, Any]) -> list[_Sized]:
         ename, evalue = content["ename"], content["evalue"]
         traceback = content.get("traceback") or []
         if not isinstance(ename, str) or not isinstance(evalue, str):
             raise TypeError("ename/evalue must be strings")
         if not isinstance(traceback, list):
             raise TypeError("traceback must be a list")
-        lines = [strip_ansi(str(line))[:MAX_TRACEBACK_LINE]
-                 for line in traceback[:MAX_TRACEBACK_LINES]]
-        if len(traceback) > MAX_TRACEBACK_LINES:
-            lines.append(f"[{len(traceback) - MAX_TRACEBACK_LINES} more traceback lines dropped]")
-        out = ErrorOutput(ename=strip_ansi(ename)[:1000], evalue=strip_ansi(evalue)[:10_000],
-                          traceback=lines)
         self._before_output()
-        self.rich_bytes += output_size(out)
-        self.outputs.append(out)
-        return [out]
+        if self._full():
+            self._drop_output(_error_size(ename[:MAX_ENAME], evalue[:MAX_EVALUE], []))
+            return []
+        out = self._fit_error(ename, evalue, traceback)
+        if out is None:
+            self.dropped_outputs += 1
+            return []
+        size = output_size(out)
+        self._append(out, size)
+        return [(out, size)]
 
-    def _mark_dropped(self, n: int) -> None:
-        self.truncated = True
-        self.dropped_bytes += max(n, 0)
+    def _fit_error(self, ename: str, evalue: str, traceback: list[Any]
+                   ) -> ErrorOutput | None:
+        """The error as kept: fixed caps per field and line, then what fits in the rich
+        budget (name, value, then whole traceback lines), with a line saying the rest."""
+        room = self.max_bytes - self.rich_bytes
+        if room <= 0:
+            self._mark_dropped(_utf8_len(ename[:MAX_ENAME]) + _utf8_len(evalue[:MAX_EVALUE]))
+            return None
+        name = _cut_utf8(strip_ansi(ename[:MAX_ENAME * 4])[:MAX_ENAME], room)
+        room -= _utf8_len(name)
+        value = strip_ansi(evalue[:MAX_EVALUE * 4])[:MAX_EVALUE]
+        kept_value = _cut_utf8(value, room)
+        room -= _utf8_len(kept_value)
+        lost = _utf8_len(value) - _utf8_len(kept_value)
+        lines: list[str] = []
+        # Only text lines: str() of a huge list sent in their place would cost all of it.
+        given = [x if isinstance(x, str) else "[not text]"
+                 for x in traceback[:MAX_TRACEBACK_LINES]]
+        capped = [strip_ansi(x[:MAX_TRACEBACK_LINE * 4])[:MAX_TRACEBACK_LINE] for x in given]
+        sizes = [_utf8_len(x) for x in capped]
+        held = min(MARKER_RESERVE, room) if sum(sizes) > room else 0
+        room -= held  # room for the line that says what was cut
+        for line, size in zip(capped, sizes, strict=True):
+            if size > room:
+                lost += sum(sizes[len(lines):])
+                break
+            lines.append(line)
+            room -= size
+        room += held
+        extra = len(traceback) - len(lines)
+        if extra > 0:
+            marker = (f"[{extra} more traceback lines dropped]" if not lost
+                      else f"[{extra} more traceback lines ({human_bytes(lost)}) dropped: "
+                           "the output limit of this execution]")
+            if _utf8_len(marker) <= room:
+                lines.append(marker)
+        if lost:
+            self._mark_dropped(lost)
+        return ErrorOutput(ename=name, evalue=kept_value, traceback=lines)
 
+    # -- the end ------------------------------------------------------------------------
     def finish(self) -> list[Output]:
-        """Close the fold: mark truncated streams in their text and in ``notes``."""
+        """Close the fold: mark truncated streams in their text (where the marker fits)
+        and say every cut in ``notes``."""
         for name, dropped in self._stream_dropped.items():
-            marker = f"\n[output truncated: {human_bytes(dropped)} more on {name} not kept]\n"
-            last = next((o for o in reversed(self.outputs)
-                         if isinstance(o, StreamOutput) and o.name == name), None)
-            if last is not None:
-                last.text += marker
-            else:
-                self.outputs.append(StreamOutput(name=name, text=marker.lstrip("\n")))  # type: ignore[arg-type]
+            self._mark_stream(name, dropped)
         self._stream_dropped.clear()
         if self.truncated:
             self.notes.append(
@@ -307,6 +452,36 @@ class OutputAssembler:
                 f"{human_bytes(self.max_bytes)} per-execution limit (for stream text, and "
                 f"for rich outputs) were not kept"
             )
+        if self.dropped_outputs:
+            self.notes.append(
+                f"{self.dropped_outputs} output(s) not kept: over the limit of "
+                f"{self.max_outputs} outputs or {human_bytes(self.max_bytes)} per execution")
+        if self.live_dropped:
+            self.notes.append(
+                f"live output stopped: {self.live_dropped} event(s) "
+                f"({human_bytes(self.live_dropped_bytes)}) were not sent as they happened, "
+                f"over the per-execution live limit of {self.max_live_events} events or "
+                f"{human_bytes(self.max_live_bytes)}; the outputs of this result are "
+                "complete within the output limits")
         if self.malformed:
             self.notes.append(f"{self.malformed} malformed message(s) from the kernel ignored")
         return self.outputs
+
+    def _mark_stream(self, name: str, dropped: int) -> None:
+        marker = f"\n[output truncated: {human_bytes(dropped)} more on {name} not kept]\n"
+        last = next((i for i in range(len(self.outputs) - 1, -1, -1)
+                     if isinstance(self.outputs[i], StreamOutput)
+                     and self.outputs[i].name == name), None)  # type: ignore[union-attr]
+        if last is None:
+            marker = marker.lstrip("\n")
+        size = _utf8_len(marker)
+        if self.stream_bytes + size > self.max_bytes or (last is None and self._full()):
+            return  # no room for it: the note in notes says it all the same
+        if last is not None:
+            out = self.outputs[last]
+            assert isinstance(out, StreamOutput)
+            out.text += marker
+            self._sizes[last] += size
+            self.stream_bytes += size
+        else:
+            self._append(StreamOutput(name=name, text=marker), size)  # type: ignore[arg-type]

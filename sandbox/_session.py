@@ -534,7 +534,10 @@ class AsyncSession:
         self.executions += 1
         msg_id, queue = kernel.execute(code)
         self._active_msg = msg_id
-        assembler = OutputAssembler(self.config.max_output_bytes)
+        assembler = OutputAssembler(self.config.max_output_bytes,
+                                    max_outputs=self.config.max_outputs,
+                                    max_live_events=self.config.max_live_events,
+                                    max_live_bytes=self.config.max_live_bytes)
         reply: dict[str, Any] | None = None
         died = False
         timeout_info: TimeoutInfo | None = None
