@@ -48,9 +48,13 @@ from sandbox._exceptions import (
 )
 from sandbox._files import FileOps
 from sandbox._kernel import (
+    MAX_FRAMES,
     InitClient,
     InitUnavailable,
     KernelConnection,
+    KernelEndpoint,
+    Route,
+    clear_run_dir,
     write_endpoint,
     write_init_key,
 )
@@ -102,6 +106,15 @@ def death_from_exit(info: dict[str, Any], memory_mb: int) -> KernelDeath:
     else:
         reason = "the kernel stopped"
     return KernelDeath(reason=reason, exit_code=code, signal=sig, oom_killed=oom)
+
+
+def drop_note(event: dict[str, Any], max_message_bytes: int) -> str:
+    """The note for a kernel message the host did not keep (``KernelConnection`` posts
+    these; the reason is the host's own words, not the box's)."""
+    reason = event.get("reason")
+    return (f"a kernel message was dropped unread: {reason}; max_message_bytes is "
+            f"{max_message_bytes // 2**20} MiB" if isinstance(reason, str) and reason
+            else "a kernel message was dropped unread")
 
 
 class AsyncSession:
@@ -239,6 +252,7 @@ class AsyncSession:
             labels=self.labels,
         )
         self._container_id = await self._start_container(spec)
+        self._init.container_id = self._container_id
         self._container_suspect = False
         t1 = time.monotonic()
         self.phases["container_start"] = t1 - t0
@@ -261,7 +275,8 @@ class AsyncSession:
             raise
 
     async def _connect(self, endpoint: Any, deadline: float) -> None:
-        kernel = KernelConnection(endpoint, max_message_bytes=self.config.max_message_bytes)
+        kernel = KernelConnection(endpoint, max_message_bytes=self.config.max_message_bytes,
+                                  container_id=self._container_id)
         try:
             await kernel.connect(self.run_dir, deadline, alive=self._container_running)
         except BaseException:
@@ -330,16 +345,18 @@ class AsyncSession:
         if kernel is not None:
             await kernel.close()
 
-    def _remove_generation_files(self, generation: int) -> None:
-        for path in (self.run_dir / f"kernel-{generation}.json",
-                     *[self.run_dir / f"k{generation}-{n}" for n in range(1, 6)]):
-            with contextlib.suppress(FileNotFoundError):
+    def _remove_generation_files(self, endpoint: KernelEndpoint | None) -> None:
+        if endpoint is None:
+            return
+        for path in (self.run_dir / endpoint.connection_file,
+                     *endpoint.socket_paths(self.run_dir)):
+            with contextlib.suppress(OSError):
                 path.unlink()
 
     async def _restart_kernel(self) -> bool:
         """Kill everything in the container, start a fresh kernel. True if the container
         had to be replaced (files lost). Raises SessionLostError if that failed too."""
-        old = self._generation
+        old = self._kernel.endpoint if self._kernel is not None else None
         await self._drop_kernel()
         try:
             if self._container_suspect:
@@ -372,9 +389,7 @@ class AsyncSession:
             if old is not None:
                 await self.runtime.remove(old)
             self._container_id = None
-            for child in self.run_dir.iterdir():
-                with contextlib.suppress(OSError):
-                    child.unlink()
+            clear_run_dir(self.run_dir)
             await self._launch_container(time.monotonic() + self.config.start_timeout_s)
         except SandboxError as exc:
             self._state = SessionState.DEAD
@@ -428,7 +443,7 @@ class AsyncSession:
         return task
 
     async def _abandon(self, kernel: KernelConnection, msg_id: str,
-                       queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+                       queue: Route) -> None:
         """Interrupt a cell nobody waits for any more; wait for it to end (or restart)."""
         try:
             await self._send_interrupt()
@@ -546,6 +561,7 @@ class AsyncSession:
         idle_deadline: float | None = None
         finished = False
         iopub_lost = False
+        iopub_cut = False  # the host dropped a kernel message of this cell (over a cap)
         try:
             while not (reply is not None and assembler.idle):
                 until = deadline if idle_deadline is None else min(deadline, idle_deadline)
@@ -555,11 +571,11 @@ class AsyncSession:
                 except TimeoutError:
                     if reply is not None:
                         notes.append(
-                            "the kernel's final 'idle' status did not arrive: output was lost, "
-                            "most likely a message larger than max_message_bytes "
-                            f"({self.config.max_message_bytes // 2**20} MiB), which ZMQ drops "
-                            "unread; everything after it in this cell is missing")
-                        assembler.truncated = True
+                            "the kernel's final 'idle' status did not arrive: output was lost "
+                            "(the host ended the IOPub connection after a message over its "
+                            f"caps: max_message_bytes {self.config.max_message_bytes // 2**20} "
+                            f"MiB, at most {MAX_FRAMES} frames); the rest of this cell's "
+                            "output is missing")
                         iopub_lost = True
                         break
                     if not interrupting:
@@ -584,6 +600,11 @@ class AsyncSession:
                 elif channel == "died":
                     died = True
                     break
+                elif channel == "dropped":
+                    iopub_cut = True
+                    note = drop_note(msg, self.config.max_message_bytes)
+                    if note not in notes:
+                        notes.append(note)
             if interrupting and timeout_info is None and not died:
                 timeout_info = TimeoutInfo(limit_s=limit, ended_by="interrupt", state_lost=False)
             finished = True
@@ -610,11 +631,11 @@ class AsyncSession:
                     await self._restart_kernel()
                 notes.append("IOPub could not be reconnected; the kernel was restarted")
         yield self._result(reply, assembler, died, timeout_info, restarted, notes,
-                           time.monotonic() - t_start)
+                           time.monotonic() - t_start, lost=iopub_lost or iopub_cut)
 
     def _result(self, reply: dict[str, Any] | None, assembler: OutputAssembler, died: bool,
                 timeout_info: TimeoutInfo | None, restarted: bool, notes: list[str],
-                duration: float) -> ExecutionResult:
+                duration: float, lost: bool = False) -> ExecutionResult:
         outputs = assembler.finish()
         notes = notes + assembler.notes
         content = reply.get("content") if reply else None
@@ -635,7 +656,7 @@ class AsyncSession:
             if content.get("status") == "aborted":
                 notes.append("the kernel aborted this execution")
         return ExecutionResult(status=status, execution_count=count, outputs=outputs,  # type: ignore[arg-type]
-                               duration_s=duration, truncated=assembler.truncated,
+                               duration_s=duration, truncated=assembler.truncated or lost,
                                timeout=timeout_info, death=death, kernel_restarted=restarted,
                                notes=notes)
 

@@ -1,0 +1,395 @@
+"""The host's side of a kernel's ZMQ sockets, read with caps libzmq does not have.
+
+Why not pyzmq here: libzmq's only receive cap (``ZMQ_MAXMSGSIZE``) is per *frame*,
+a multipart message is buffered whole before the reader sees its first frame, and
+the high-water mark counts messages, not bytes or frames. A box can therefore send
+one message of millions of empty frames (the host then builds millions of Python
+objects on its event loop) or of many large frames (hundreds of MB held before any
+check), and libzmq reconnects on its own to whatever the box put under the socket's
+name. This module speaks just enough ZMTP 3.0 (RFC 23, NULL mechanism) for the three
+socket pairs the host uses — DEALER→ROUTER (shell, control) and SUB→PUB (IOPub) — and
+checks every frame header *before* reading its body:
+
+- at most ``max_frames`` frames and ``max_bytes`` bytes per message; a message over
+  the byte cap is skipped without being kept (its parts are counted and thrown away
+  as they arrive), a message over the frame cap ends the connection (skipping it
+  would be unbounded work), and either is reported to the reader as a :class:`Dropped`;
+- at most ``budget`` bytes of complete messages wait for the reader; past it the
+  socket is not read any more (back-pressure to the kernel, whose PUB socket then
+  drops on its own side);
+- the socket is connected without following a link the box planted, and the peer
+  must pass ``check_peer`` (its SO_PEERCRED), on every connect.
+
+Everything the box can do costs the host work proportional to the bytes it keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+GREETING = (b"\xff" + b"\x00" * 8 + b"\x7f"   # signature (ZMTP 2+ framing)
+            + b"\x03\x00"                     # version 3.0: subscriptions are messages
+            + b"NULL".ljust(20, b"\x00")      # mechanism
+            + b"\x00"                         # as-server: no
+            + b"\x00" * 31)                   # filler
+MORE, LONG, COMMAND = 0x01, 0x02, 0x04
+MAX_COMMAND = 4096  # READY carries a socket type and an identity; nothing needs more
+PEERS = {"DEALER": {b"ROUTER"}, "SUB": {b"PUB", b"XPUB"}}
+
+
+class ZmtpError(OSError):
+    """The peer broke the protocol or a cap that ends the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A message the host did not keep, and why (for the execution's notes)."""
+
+    reason: str
+    size: int  # bytes seen before it was given up (at least)
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_frames: int = 256
+    max_bytes: int = 64 << 20
+    budget: int = 8 << 20  # complete messages waiting for the reader, in bytes
+
+
+def ready_command(socket_type: str) -> bytes:
+    body = b"\x05READY" + _property(b"Socket-Type", socket_type.encode())
+    if socket_type == "DEALER":
+        body += _property(b"Identity", b"")
+    return _frame_header(COMMAND, len(body)) + body
+
+
+def _property(name: bytes, value: bytes) -> bytes:
+    return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
+
+
+def _frame_header(flags: int, size: int) -> bytes:
+    if size < 256:
+        return bytes([flags, size])
+    return bytes([flags | LONG]) + struct.pack(">Q", size)
+
+
+def encode(frames: list[bytes]) -> bytes:
+    """One ZMTP message: each frame with its length, all but the last flagged MORE."""
+    out = bytearray()
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        out += _frame_header(MORE if i < last else 0, len(frame))
+        out += frame
+    return bytes(out)
+
+
+def parse_ready(body: bytes) -> dict[bytes, bytes]:
+    """The properties of a READY command (untrusted: every length is checked)."""
+    if not body.startswith(b"\x05READY"):
+        raise ZmtpError("the peer's first command is not READY")
+    props: dict[bytes, bytes] = {}
+    i = 6
+    while i < len(body):
+        n = body[i]
+        name = body[i + 1:i + 1 + n]
+        i += 1 + n
+        if i + 4 > len(body):
+            raise ZmtpError("truncated READY property")
+        (size,) = struct.unpack_from(">I", body, i)
+        i += 4
+        if i + size > len(body):
+            raise ZmtpError("truncated READY property")
+        props[name.lower()] = body[i:i + size]
+        i += size
+    return props
+
+
+class Reader:
+    """Incremental ZMTP parser for one connection: bytes in, capped messages out.
+
+    Pure (no I/O), so every cap is unit-tested with hand-made byte streams.
+    ``feed`` returns False once the connection must end (``error`` says why).
+    """
+
+    def __init__(self, limits: Limits, socket_type: str) -> None:
+        self.limits = limits
+        self.socket_type = socket_type
+        self.buf = bytearray()
+        self.stage = "greeting"  # greeting -> ready -> frames
+        self.messages: deque[list[bytes] | Dropped] = deque()
+        self.queued = 0  # bytes of complete messages in self.messages
+        self.error: str | None = None
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._frames = 0
+        self._skip_reason: str | None = None  # set while a message over the cap passes
+        self._skip_body = 0  # bytes of the current frame still to throw away
+        self._skip_more = False
+
+    def feed(self, data: bytes) -> bool:
+        if self._skip_body:
+            n = min(self._skip_body, len(data))
+            self._skip_body -= n
+            data = data[n:]
+            if self._skip_body == 0 and not self._skip_more:
+                self._end_skip()
+        self.buf += data
+        try:
+            self._parse()
+        except ZmtpError as exc:
+            self.error = str(exc)
+            return False
+        return True
+
+    def _parse(self) -> None:
+        buf = self.buf
+        pos = 0
+        while True:
+            if self.stage == "greeting":
+                if len(buf) - pos < 64:
+                    break
+                greeting = bytes(buf[pos:pos + 64])
+                if greeting[0] != 0xFF or not greeting[9] & 1 or greeting[10] < 3:
+                    raise ZmtpError("the peer does not speak ZMTP 3")
+                if greeting[12:32].rstrip(b"\x00") != b"NULL":
+                    raise ZmtpError("the peer wants a security mechanism other than NULL")
+                pos += 64
+                self.stage = "ready"
+                continue
+            if self._skip_body:  # a skipped frame's body reaches past this buffer
+                break
+            head = self._frame_head(buf, pos)
+            if head is None:
+                break
+            flags, size, start = head
+            if flags & COMMAND:
+                if size > MAX_COMMAND:
+                    raise ZmtpError(f"a ZMTP command of {size} bytes (cap {MAX_COMMAND})")
+                if len(buf) - start < size:
+                    break
+                body = bytes(buf[start:start + size])
+                pos = start + size
+                self._command(body)
+                continue
+            if self.stage != "frames":
+                raise ZmtpError("a message before the peer's READY")
+            end = self._message_frame(buf, flags, size, start)
+            if end < 0:  # the body is not all here yet (and is being kept)
+                break
+            pos = end
+        del buf[:pos]
+
+    def _frame_head(self, buf: bytearray, pos: int) -> tuple[int, int, int] | None:
+        if len(buf) - pos < 2:
+            return None
+        flags = buf[pos]
+        if flags & ~(MORE | LONG | COMMAND):
+            raise ZmtpError(f"reserved ZMTP flag bits set (0x{flags:02x})")
+        if flags & LONG:
+            if len(buf) - pos < 9:
+                return None
+            (size,) = struct.unpack_from(">Q", buf, pos + 1)
+            return flags, size, pos + 9
+        return flags, buf[pos + 1], pos + 2
+
+    def _command(self, body: bytes) -> None:
+        if self.stage == "ready":
+            props = parse_ready(body)
+            peer = props.get(b"socket-type", b"")
+            if peer not in PEERS[self.socket_type]:
+                raise ZmtpError(f"the peer is a {peer!r} socket, not a peer of "
+                                f"{self.socket_type}")
+            self.stage = "frames"
+        # Later commands (PING, ...) are not used by ZMTP 3.0 peers: ignored, bounded.
+
+    def _message_frame(self, buf: bytearray, flags: int, size: int, start: int) -> int:
+        """Account one message frame; the new parse position, or -1 to wait for more."""
+        more = bool(flags & MORE)
+        if self._skip_reason is None:
+            if self._frames + 1 > self.limits.max_frames:
+                raise ZmtpError(f"a message of more than {self.limits.max_frames} frames")
+            if self._size + size > self.limits.max_bytes:
+                self._skip_reason = (f"a message of more than {self.limits.max_bytes} bytes "
+                                     f"(max_message_bytes)")
+                self._parts = []
+        if self._skip_reason is not None:
+            # Count and throw away, without keeping: bounded memory, O(1) per frame.
+            self._frames += 1
+            self._size += size
+            if self._frames > self.limits.max_frames:
+                raise ZmtpError(f"a message of more than {self.limits.max_frames} frames")
+            have = len(buf) - start
+            if have < size:
+                self._skip_body = size - have
+                self._skip_more = more
+                return len(buf)
+            if not more:
+                self._end_skip()
+            return start + size
+        if len(buf) - start < size:
+            return -1
+        self._parts.append(bytes(buf[start:start + size]))
+        self._frames += 1
+        self._size += size
+        if not more:
+            self.messages.append(self._parts)
+            self.queued += self._size
+            self._parts, self._size, self._frames = [], 0, 0
+        return start + size
+
+    def _end_skip(self) -> None:
+        self.messages.append(Dropped(self._skip_reason or "over a cap", self._size, self._frames))
+        self._skip_reason = None
+        self._parts, self._size, self._frames = [], 0, 0
+        self._skip_more = False
+
+    def take(self) -> list[bytes] | Dropped | None:
+        if not self.messages:
+            return None
+        item = self.messages.popleft()
+        if isinstance(item, list):
+            self.queued -= sum(len(p) for p in item)
+        return item
+
+
+def open_unix(path: Path, check_peer: Callable[[int, int, int], str | None] | None
+              ) -> socket.socket:
+    """A connected Unix socket to *path*, never through a link the box planted.
+
+    The name must be a socket (``lstat``: a symlink is refused), and because the box can
+    swap the name between that check and ``connect``, the peer that answered must pass
+    *check_peer* (pid, uid, gid from SO_PEERCRED; it returns why not, or None).
+    """
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ZmtpError(f"{path.name}: {exc.strerror}") from exc
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ZmtpError(f"{path.name} is not a socket (planted by the sandbox?)")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(str(path))
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        refused = check_peer(pid, uid, gid) if check_peer is not None else None
+        if refused:
+            raise ZmtpError(f"{path.name}: the peer is not the sandbox ({refused})")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Connection(asyncio.Protocol):
+    """One ZMTP connection over a Unix socket: ``recv()`` gives capped messages."""
+
+    def __init__(self, socket_type: str, limits: Limits) -> None:
+        self.socket_type = socket_type
+        self.reader = Reader(limits, socket_type)
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._paused = False
+        self._pending: list[bytes] = []  # messages sent before the greetings were exchanged
+
+    @classmethod
+    async def open(cls, path: Path, socket_type: str, limits: Limits,
+                   check_peer: Callable[[int, int, int], str | None] | None = None,
+                   ) -> Connection:
+        sock = open_unix(path, check_peer)
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.create_unix_connection(
+                lambda: cls(socket_type, limits), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return protocol
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # The greeting alone first: libzmq drops what comes in the same read as a
+        # greeting (seen: a subscription sent with it never took).
+        transport.write(GREETING)
+
+    def data_received(self, data: bytes) -> None:
+        greeted = self.reader.stage != "greeting"
+        if not self.reader.feed(data):
+            self._fail(self.reader.error or "protocol error")
+            return
+        if not greeted and self.reader.stage != "greeting":
+            assert self.transport is not None
+            out = ready_command(self.socket_type)
+            if self.socket_type == "SUB":
+                out += encode([b"\x01"])  # subscribe to every topic (ZMTP 3.0)
+            self.transport.write(out + b"".join(self._pending))
+            self._pending.clear()
+        if self.reader.queued > self.reader.limits.budget and not self._paused:
+            self._paused = True  # back-pressure: the kernel's side of the socket fills
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(str(exc) if exc else "the kernel closed the connection")
+        self._wake()
+
+    def _fail(self, reason: str) -> None:
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    # -- for the pump ----------------------------------------------------------------
+    async def recv(self) -> list[bytes] | Dropped:
+        """The next message (or what was dropped); ZmtpError once the connection ended."""
+        while True:
+            item = self.reader.take()
+            if item is not None:
+                if self._paused and self.reader.queued <= self.reader.limits.budget // 2:
+                    self._paused = False
+                    if self.transport is not None and not self.transport.is_closing():
+                        self.transport.resume_reading()
+                return item
+            if self.closed.done():
+                raise ZmtpError(self.closed.result())
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+
+    def send(self, frames: list[bytes]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ZmtpError("the connection to the kernel is closed")
+        if self.reader.stage == "greeting":
+            if len(self._pending) >= 64:
+                raise ZmtpError("the kernel has not answered the ZMTP greeting")
+            self._pending.append(encode(frames))
+            return
+        self.transport.write(encode(frames))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.closed.done():
+            self.closed.set_result("closed by the host")
