@@ -39,6 +39,7 @@ from sandbox._runtime.base import (
     Runtime,
 )
 from sandbox._runtime.engine import ENGINE_HINT, connect
+from sandbox._runtime.seccomp import security_opt as seccomp_security_opt
 
 
 def _gone(exc: BaseException) -> bool:
@@ -93,8 +94,10 @@ def container_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         kwargs["sysctls"] = {"net.ipv4.ip_unprivileged_port_start": "1024"}
     if cfg.drop_all_capabilities:
         kwargs["cap_drop"] = ["ALL"]
+    # Docker's default seccomp profile less io_uring and AF_VSOCK (sandbox/_runtime/seccomp.py).
+    kwargs["security_opt"] = [seccomp_security_opt(cfg.runtime)]
     if cfg.no_new_privileges:
-        kwargs["security_opt"] = ["no-new-privileges:true"]
+        kwargs["security_opt"].append("no-new-privileges:true")
     if cfg.runtime != "runc":
         kwargs["runtime"] = cfg.runtime
     return kwargs

@@ -80,5 +80,5 @@ def test_labels_are_passed_through() -> None:
 def test_explicit_loosening_removes_the_restrictions() -> None:
     kw = kwargs_for(make_config(drop_all_capabilities=False, no_new_privileges=False,
                                 read_only_root=False, network="bridge"))
-    assert "cap_drop" not in kw and "security_opt" not in kw
+    assert "cap_drop" not in kw and "no-new-privileges:true" not in kw["security_opt"]
     assert kw["read_only"] is False and kw["network_mode"] == "bridge"
