@@ -174,9 +174,11 @@ def _cmd_kernelspec_install(args: argparse.Namespace) -> int:
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
-    from sandbox.mcp_server import run
+    from sandbox.mcp_server import HttpLimits, run
 
-    run(args.transport, args.host, args.port, allow_remote=args.allow_remote)
+    run(args.transport, args.host, args.port, allow_remote=args.allow_remote,
+        allowed_hosts=args.allowed_host,
+        limits=HttpLimits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout))
     return 0
 
 
@@ -246,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--port", type=int, default=8000, help="streamable-http port")
     mcp.add_argument("--allow-remote", action="store_true",
                      help="allow a non-loopback --host (the endpoint has no authentication)")
+    mcp.add_argument("--allowed-host", action="append", default=[], metavar="HOST[:PORT]",
+                     help="another Host header to accept (what a proxy in front sends); "
+                     "the name and address bound are always accepted, nothing else")
+    mcp.add_argument("--max-sessions", type=int, default=32,
+                     help="open streamable-http sessions (each holds at most one sandbox)")
+    mcp.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="close a streamable-http session (and remove its sandbox) after "
+                     "this long without a request")
     mcp.set_defaults(func=_cmd_mcp)
     return parser
 

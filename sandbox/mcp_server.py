@@ -10,7 +10,12 @@ Tools: ``run_code``, ``upload_file``, ``download_file``, ``list_files``, ``resta
 - *streamable HTTP* with the ``initialize`` handshake: each ``Mcp-Session-Id`` is one
   SDK ``Connection``; its sandbox is removed from the connection's ``exit_stack``
   when the session ends (client DELETE, idle timeout) and, at the latest, when the
-  lifespan ends with the server.
+  lifespan ends with the server. :class:`SessionGuard` bounds the sessions
+  (:data:`HTTP_MAX_SESSIONS`) and closes one after :data:`HTTP_IDLE_TIMEOUT_S`
+  without a request, an open SSE stream or not; past the bound a new client gets a
+  503 with Retry-After at once. The endpoint binds only loopback addresses unless
+  told otherwise, and the SDK's Host/Origin (DNS-rebinding) check is always on, for
+  exactly the name and address bound (:func:`bind_http`).
 - *streamable HTTP* at protocol 2026-07-28 is stateless: a request belongs to no
   session, so the tools refuse it with a tool error naming the two ways that work.
 
@@ -29,14 +34,19 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import io
 import ipaddress
 import json
+import logging
+import math
 import mimetypes
 import os
 import signal
+import socket
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
@@ -52,6 +62,10 @@ if TYPE_CHECKING:
     from mcp.server.connection import Connection
     from mcp.server.context import ServerRequestContext
     from mcp.server.mcpserver import MCPServer
+    from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("sandbox.mcp")
 
 Transport = Literal["stdio", "streamable-http"]
 
@@ -62,8 +76,8 @@ MAX_IMAGES = 8  # attached per result; the rest are markers only
 RASTER_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 DOWNLOAD_LIMIT = 2 * MiB
 CLOSE_TIMEOUT_S = 30.0
-HTTP_MAX_SESSIONS = 32
-HTTP_IDLE_TIMEOUT_S = 15 * 60.0
+HTTP_MAX_SESSIONS = 32  # open MCP sessions over streamable HTTP, each with at most one sandbox
+HTTP_IDLE_TIMEOUT_S = 5 * 60.0  # a session with no request for this long is closed, its sandbox removed
 WORKDIR = "/home/sandbox"
 
 
@@ -420,32 +434,290 @@ def _version() -> str:
         return "0"
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+# -- streamable HTTP: what may reach the endpoint, and for how long -------------------------
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    """Bounds of the streamable-HTTP endpoint (the CLI's --max-sessions, --idle-timeout)."""
+
+    max_sessions: int = HTTP_MAX_SESSIONS
+    idle_timeout_s: float = HTTP_IDLE_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_sessions <= 10_000:
+            raise ConfigError(f"max_sessions must be 1..10000, not {self.max_sessions}")
+        if not (math.isfinite(self.idle_timeout_s) and 0 < self.idle_timeout_s <= 24 * 3600):
+            raise ConfigError(f"idle_timeout_s must be in (0, 86400], not {self.idle_timeout_s}")
+
+
+def _is_loopback(address: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def _is_wildcard(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified
     except ValueError:
         return False
 
 
+def _host_header(name: str, port: int) -> str:
+    name = f"[{name}]" if ":" in name else name  # an IPv6 literal, as a Host header writes it
+    return name if port == 80 else f"{name}:{port}"
+
+
+def bind_http(host: str, port: int, *, allow_remote: bool = False,
+              allowed_hosts: Sequence[str] = ()) -> tuple[socket.socket, list[str]]:
+    """A listening socket for the MCP endpoint and the Host headers it answers to.
+
+    The endpoint has no authentication, so by default it binds only what really is a
+    loopback address: every address *host* resolves to must be one (``localhost`` that
+    resolves elsewhere is refused), and so must the address actually bound. The Host
+    headers allowed are exactly the name given and the address bound, with the port
+    bound (a browser on a DNS-rebound name sends that name: refused), plus
+    *allowed_hosts* (what a proxy in front sends, for --allow-remote)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve {host!r}: {exc}") from exc
+    addresses = [str(info[4][0]) for info in infos]
+    if not allow_remote and not all(_is_loopback(a) for a in addresses):
+        raise ConfigError(f"refusing to bind {host} ({', '.join(sorted(set(addresses)))}): the "
+                          "MCP endpoint has no authentication; bind a loopback address (or pass "
+                          "--allow-remote behind a proxy that authenticates)")
+    family, kind, proto, _, address = infos[0]
+    if _is_wildcard(str(address[0])) and not allowed_hosts:
+        raise ConfigError(f"binding {host} would answer to any name: pass --allowed-host with "
+                          "the host[:port] clients (or the proxy) send")
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    bound_address, bound_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
+    if not allow_remote and not _is_loopback(bound_address):  # what the kernel really bound
+        sock.close()
+        raise ConfigError(f"{host} bound {bound_address}, which is not a loopback address")
+    names = [] if _is_wildcard(bound_address) else list(dict.fromkeys([host, bound_address]))
+    hosts = [_host_header(n, bound_port) for n in names] + list(allowed_hosts)
+    return sock, hosts
+
+
+def transport_security(hosts: Sequence[str]) -> "TransportSecuritySettings":
+    """The SDK's DNS-rebinding protection, on, for exactly *hosts*: a Host header not in
+    the list is answered 421, an Origin that is not one of them 403 (no Origin: allowed,
+    as non-browser clients send none)."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    origins = [f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True,
+                                     allowed_hosts=list(hosts), allowed_origins=origins)
+
+
+@dataclasses.dataclass
+class _Tracked:
+    last_active: float
+    in_flight: int = 0
+
+
+class SessionGuard:
+    """ASGI middleware in front of the SDK's endpoint: bounds MCP sessions and ends idle ones.
+
+    The SDK counts a session as busy while any request is open, an SSE GET stream
+    included, so a client that opened ``initialize`` and a GET stream would hold its
+    slot (and its sandbox) for ever. Here a session is idle when no POST (a tool call,
+    a list...) has been in flight for ``idle_timeout_s``; an idle session is ended by
+    sending its DELETE to the SDK, exactly as a client would, which ends its
+    connection, and so removes its sandbox. A new session beyond ``max_sessions`` is
+    refused at once: 503 with Retry-After (when the next idle session is due),
+    after overdue ones have been ended."""
+
+    def __init__(self, app: "ASGIApp", limits: HttpLimits, host_header: str,
+                 path: str = "/mcp") -> None:
+        self.app, self.limits, self.path = app, limits, path
+        self._host = host_header.encode()
+        self._sessions: dict[str, _Tracked] = {}
+        self._opening = 0  # initialize requests admitted whose answer is not known yet
+        self._reaper: asyncio.Task[None] | None = None
+        self.reclaimed = 0  # sessions ended for being idle (logged too)
+
+    async def __call__(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._on_shutdown(receive), send)
+            return
+        if scope["type"] != "http" or scope["path"].rstrip("/") != self.path:
+            await self.app(scope, receive, send)
+            return
+        if self._reaper is None:
+            self._reaper = asyncio.ensure_future(self._reap_forever())
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        session_id = headers.get(b"mcp-session-id", b"").decode("latin-1") or None
+        if session_id is None:
+            if scope["method"] == "POST" and self._opens_session(headers):
+                await self._open(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        await self._in_session(session_id, scope, receive, send)
+
+    @staticmethod
+    def _opens_session(headers: dict[bytes, bytes]) -> bool:
+        # The SDK's own routing: a 2026-07-28 request (stateless) opens no session.
+        from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+        version = headers.get(b"mcp-protocol-version")
+        return version is None or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
+
+    async def _open(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
+        if len(self._sessions) + self._opening >= self.limits.max_sessions:
+            await self._reap_overdue()
+        if len(self._sessions) + self._opening >= self.limits.max_sessions:
+            await self._refuse(scope, receive, send)
+            return
+        self._opening += 1
+        opened: list[str] = []
+
+        async def watch(message: "Message") -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                for key, value in message.get("headers", []):
+                    if key.lower() == b"mcp-session-id":
+                        opened.append(value.decode("latin-1"))
+                        self._sessions[opened[0]] = _Tracked(time.monotonic())
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            self._opening -= 1
+            if opened and opened[0] in self._sessions:
+                self._sessions[opened[0]].last_active = time.monotonic()
+
+    async def _in_session(self, session_id: str, scope: "Scope", receive: "Receive",
+                          send: "Send") -> None:
+        tracked = self._sessions.get(session_id)
+        counts = tracked is not None and scope["method"] == "POST"
+        status: list[int] = []
+
+        async def watch(message: "Message") -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        if counts:
+            assert tracked is not None
+            tracked.in_flight += 1
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if counts:
+                assert tracked is not None
+                tracked.in_flight -= 1
+                tracked.last_active = time.monotonic()
+            gone = status[:1] == [404] or (scope["method"] == "DELETE" and status[:1] == [200])
+            if gone:
+                self._sessions.pop(session_id, None)
+
+    async def _refuse(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
+        from starlette.responses import JSONResponse
+
+        retry = math.ceil(self._next_free_in())
+        log.warning("refused a new MCP session: %d sessions are open (the limit)",
+                    len(self._sessions))
+        body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": (
+            f"too many open sessions ({self.limits.max_sessions}); an idle session is closed "
+            f"after {self.limits.idle_timeout_s:g}s without a request: retry in {retry}s")}}
+        await JSONResponse(body, status_code=503, headers={"Retry-After": str(retry)})(
+            scope, receive, send)
+
+    def _next_free_in(self) -> float:
+        now, idle = time.monotonic(), self.limits.idle_timeout_s
+        due = [t.last_active + idle - now for t in self._sessions.values() if not t.in_flight]
+        return max(1.0, min(due, default=idle))
+
+    async def _reap_forever(self) -> None:
+        interval = min(5.0, max(0.05, self.limits.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):  # one failed DELETE must not stop the reaper
+                await self._reap_overdue()
+
+    async def _reap_overdue(self) -> None:
+        deadline = time.monotonic() - self.limits.idle_timeout_s
+        for session_id, tracked in list(self._sessions.items()):
+            if not tracked.in_flight and tracked.last_active <= deadline:
+                await self._end(session_id)
+
+    async def _end(self, session_id: str) -> None:
+        """The session's DELETE, sent to the SDK as a client would send it."""
+        self._sessions.pop(session_id, None)
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "DELETE", "scheme": "http", "path": self.path,
+                 "raw_path": self.path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", self._host), (b"mcp-session-id", session_id.encode())],
+                 "client": ("127.0.0.1", 0), "server": None}
+        messages: list[Message] = [{"type": "http.disconnect"},
+                                   {"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> "Message":
+            return messages.pop() if len(messages) > 1 else messages[0]
+
+        async def discard(_: "Message") -> None:
+            return None
+
+        with anyio.move_on_after(CLOSE_TIMEOUT_S):
+            await self.app(scope, receive, discard)
+        self.reclaimed += 1
+        log.info("closed idle MCP session %s (no request for %gs); its sandbox is removed",
+                 session_id[:12], self.limits.idle_timeout_s)
+
+    def _on_shutdown(self, receive: "Receive") -> "Receive":
+        async def wrapped() -> "Message":
+            message = await receive()
+            if message["type"] == "lifespan.shutdown" and self._reaper is not None:
+                self._reaper.cancel()
+            return message
+
+        return wrapped
+
+
 def run(transport: Transport = "stdio", host: str = "127.0.0.1", port: int = 8000, *,
-        config: SandboxConfig | None = None, allow_remote: bool = False) -> None:
+        config: SandboxConfig | None = None, allow_remote: bool = False,
+        allowed_hosts: Sequence[str] = (), limits: HttpLimits | None = None) -> None:
     """Serve until the client disconnects (stdio) or the process is signalled; every
     sandbox is removed on the way out."""
     if transport not in ("stdio", "streamable-http"):
         raise ConfigError(f"unknown transport {transport!r}; use stdio or streamable-http")
-    if transport == "streamable-http" and not _loopback(host) and not allow_remote:
-        raise ConfigError(f"refusing to bind {host}: the MCP endpoint has no authentication; "
-                          "bind a loopback address (or pass --allow-remote behind a proxy "
-                          "that authenticates)")
-    server = build_server(config)
     if transport == "stdio":
-        anyio.run(_serve_stdio, server)
-    else:  # uvicorn handles SIGINT/SIGTERM: graceful shutdown runs the lifespan's exit
-        anyio.run(lambda: server.run_streamable_http_async(
-            host=host, port=port, max_sessions=HTTP_MAX_SESSIONS,
-            session_idle_timeout=HTTP_IDLE_TIMEOUT_S))
+        anyio.run(_serve_stdio, build_server(config))
+        return
+    limits = limits or HttpLimits()
+    sock, hosts = bind_http(host, port, allow_remote=allow_remote, allowed_hosts=allowed_hosts)
+    with sock:
+        anyio.run(_serve_http, build_server(config), sock, hosts, limits)
+
+
+async def _serve_http(server: "MCPServer[Sandboxes]", sock: socket.socket, hosts: list[str],
+                      limits: HttpLimits) -> None:
+    """uvicorn on our own socket (the one whose address the Host check was built from);
+    uvicorn handles SIGINT/SIGTERM: graceful shutdown runs the lifespan's exit."""
+    import uvicorn
+
+    app = server.streamable_http_app(
+        transport_security=transport_security(hosts),
+        # The guard bounds sessions and ends idle ones; the SDK's limit stays as a backstop.
+        max_sessions=limits.max_sessions, session_idle_timeout=None)
+    guarded = SessionGuard(app, limits, host_header=hosts[0])
+    config = uvicorn.Config(guarded, log_level=server.settings.log_level.lower(),
+                            timeout_graceful_shutdown=int(CLOSE_TIMEOUT_S))
+    await uvicorn.Server(config).serve(sockets=[sock])
 
 
 async def _serve_stdio(server: "MCPServer[Sandboxes]") -> None:

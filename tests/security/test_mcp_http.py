@@ -1,0 +1,197 @@
+"""`agentbox mcp --transport streamable-http`: who may reach it, and for how long.
+
+A real `agentbox mcp` subprocess (as in tests/integrations/test_mcp.py), driven by the
+official MCP SDK client and by raw HTTP for what a browser on a rebound DNS name or a
+flood of idle clients would send.
+
+- DNS rebinding: the SDK's Host/Origin check is on for every bind address, with exactly
+  the name and address bound (it used to be off for any loopback address but
+  127.0.0.1, e.g. 127.0.0.2).
+- Idle sessions: 32 idle ``initialize`` calls (some holding an SSE stream open, as the
+  SDK client does) used to lock every other client out for 15 minutes. Now a session
+  with no request for the idle timeout is closed and its sandbox removed; a new client
+  past the limit is told at once (503, Retry-After) and gets in when they are reclaimed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, TextContent
+
+from sandbox._exceptions import ConfigError
+from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
+from sandbox.mcp_server import HTTP_MAX_SESSIONS, bind_http
+
+pytestmark = pytest.mark.usefixtures("engine")
+
+ROOT = Path(__file__).resolve().parents[2]
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "idle", "version": "1"}}}
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def mcp_server(host: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real `agentbox mcp` on *host*; killed at the end whatever happens."""
+    port = free_port(host)
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "mcp", "--transport",
+                             "streamable-http", "--host", host, "--port", str(port), *args],
+                            cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex((host, port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        yield proc, f"http://{host}:{port}/mcp"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def containers_of(engine: Any, pid: int) -> list[Any]:
+    found: list[Any] = engine.containers.list(all=True, filters={
+        "label": [f"{LABEL_APP}=agentbox", f"{LABEL_OWNER_PID}={pid}"]})
+    return found
+
+
+def text(result: Any) -> str:
+    assert isinstance(result, CallToolResult)
+    return "\n".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+# -- DNS rebinding -------------------------------------------------------------------------
+def test_only_loopback_binds_and_the_host_list_is_what_is_bound() -> None:
+    for host in ("0.0.0.0", "::", "192.0.2.1"):
+        with pytest.raises(ConfigError, match=r"refusing to bind|answer to any name"):
+            bind_http(host, 0)
+    with pytest.raises(ConfigError, match="answer to any name"):
+        bind_http("0.0.0.0", 0, allow_remote=True)  # a wildcard needs --allowed-host
+    sock, hosts = bind_http("127.0.0.2", 0)
+    with sock:
+        assert hosts == [f"127.0.0.2:{sock.getsockname()[1]}"]
+    sock, hosts = bind_http("localhost", 0)
+    with sock:
+        address, port = sock.getsockname()[:2]
+        bound = f"[{address}]" if ":" in address else address
+        assert hosts == [f"localhost:{port}", f"{bound}:{port}"]
+
+
+async def test_foreign_host_or_origin_is_refused() -> None:
+    with mcp_server("127.0.0.2") as (_proc, url):
+        port = url.split(":")[2].split("/")[0]
+        async with httpx2.AsyncClient(timeout=30) as http:
+            async def status(**headers: str) -> int:
+                answer = await http.post(url, json=INIT, headers={**HEADERS, **headers})
+                return int(answer.status_code)
+
+            assert await status(Host=f"evil.example:{port}") == 421  # a rebound name
+            assert await status(Host=f"127.0.0.1:{port}") == 421  # not what is bound
+            assert await status(Host=f"localhost:{port}") == 421
+            assert await status(Origin="http://evil.example") == 403  # a foreign page
+            assert await status(Origin=f"http://evil.example:{port}") == 403
+            assert (await http.get(url, headers={"Host": "evil.example"})).status_code == 421
+            assert await status() == 200
+            assert await status(Origin=f"http://127.0.0.2:{port}") == 200
+
+        # The SDK client, as a browser on a rebound name would send it: refused.
+        rebound = httpx2.AsyncClient(headers={"Host": f"evil.example:{port}"}, timeout=30)
+        with pytest.raises(Exception):  # noqa: B017  (the SDK's error type is not public)
+            async with rebound, Client(streamable_http_client(url, http_client=rebound),
+                                       mode="legacy") as client:
+                await client.list_tools()
+        # And as it is: served.
+        async with Client(url, mode="legacy") as client:
+            assert {t.name for t in (await client.list_tools()).tools} >= {"run_code"}
+
+
+# -- idle sessions -----------------------------------------------------------------------------
+IDLE_S = 3.0
+REAP_MARGIN_S = 20.0  # the reaper runs every IDLE_S / 4; the rest is a loaded machine
+
+
+async def test_idle_sessions_do_not_lock_out_a_new_client(engine: Any) -> None:
+    with mcp_server("127.0.0.1", "--idle-timeout", str(IDLE_S)) as (proc, url):
+        async with AsyncExitStack() as stack:
+            http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30))
+            # Two real clients that used a sandbox and went quiet (the SDK client keeps
+            # its SSE GET stream open the whole time, which the SDK counts as activity).
+            first_quiet = 0.0
+            for n in range(2):
+                client = await stack.enter_async_context(Client(url, mode="legacy"))
+                assert text(await client.call_tool("run_code", {"code": f"{n} + 1"})) == str(n + 1)
+                first_quiet = first_quiet or time.monotonic()
+            assert len(containers_of(engine, proc.pid)) == 2
+            # The rest of the slots: bare initializes, a few holding a GET stream too.
+            for n in range(HTTP_MAX_SESSIONS - 2):
+                answer = await http.post(url, json=INIT, headers=HEADERS)
+                assert answer.status_code == 200, answer.text
+                if n % 8 == 0:
+                    stream = http.stream("GET", url, headers={
+                        "Accept": "text/event-stream",
+                        "mcp-session-id": answer.headers["mcp-session-id"]})
+                    assert (await stack.enter_async_context(stream)).status_code == 200
+            quiet_since = time.monotonic()
+
+            # Full: a new client is told so at once, and when to come back.
+            started = time.monotonic()
+            refused = await http.post(url, json=INIT, headers=HEADERS)
+            assert time.monotonic() - started < 5
+            assert refused.status_code == 503
+            assert 1 <= int(refused.headers["Retry-After"]) <= IDLE_S + 1
+            assert "too many open sessions" in json.dumps(refused.json())
+
+            # It gets in once the idle ones are reclaimed: within the idle timeout (+ margin).
+            while (answer := await http.post(url, json=INIT, headers=HEADERS)).status_code == 503:
+                assert time.monotonic() - quiet_since < IDLE_S + REAP_MARGIN_S
+                await _sleep_briefly()
+            assert answer.status_code == 200
+            assert time.monotonic() - first_quiet >= IDLE_S - 0.5  # not before one was idle
+
+            # The idle sessions' sandboxes are removed.
+            deadline = time.monotonic() + REAP_MARGIN_S
+            while containers_of(engine, proc.pid) and time.monotonic() < deadline:
+                await _sleep_briefly()
+            assert containers_of(engine, proc.pid) == []
+
+            # A real client works again, with a sandbox of its own.
+            async with Client(url, mode="legacy") as fresh:
+                assert text(await fresh.call_tool("run_code", {"code": "6 * 7"})) == "42"
+                assert len(containers_of(engine, proc.pid)) == 1
+            # The reclaimed clients' closing DELETEs (404 now) and GET streams end quietly.
+        assert proc.poll() is None  # the server kept serving through all of it
+
+
+async def _sleep_briefly() -> None:
+    import anyio
+
+    await anyio.sleep(0.2)
