@@ -141,12 +141,13 @@ def test_syscalls_are_filtered(posture: dict[str, Any], box: Session, engine: An
     else:
         # Under gVisor the sandboxed code's syscalls never reach the host kernel: the
         # Sentry (gVisor's user-space kernel) implements them, and *it* is the filter.
-        # Inside, gVisor truthfully reports no seccomp on the process (Seccomp: 0) and its
-        # own kernel identity; on the host, the Sentry runs under its own seccomp filter,
-        # without new privileges, as an unprivileged user.
+        # runsc runs with --oci-seccomp, so the Sentry also applies the container's
+        # profile to the code (Seccomp: 2 inside; sandbox/_runtime/seccomp.py) and reports
+        # its own kernel identity; on the host, the Sentry runs under its own seccomp
+        # filter, without new privileges, as an unprivileged user.
         assert attrs["HostConfig"]["Runtime"] == "runsc"
-        assert posture["status"]["Seccomp"] == "0"
-        assert posture["prctl_seccomp"] == 0
+        assert posture["status"]["Seccomp"] == "2"
+        assert posture["prctl_seccomp"] == 2
         assert posture["version"].startswith("Linux version 4.4.0")  # gVisor's, not the host's
         with open("/proc/version") as fh:
             assert posture["version"] != fh.read().strip()
