@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -30,22 +31,41 @@ BEARER = HTTPBearer(scheme_name="bearer", auto_error=False,
                                 "when no keys are configured).")
 
 
+def match_key(authorization: bytes, keys: dict[str, str]) -> str:
+    """The key id an ``Authorization: Bearer TOKEN`` header names, or ApiError(401).
+    Every known key is compared, each as a SHA-256 digest with ``hmac.compare_digest``,
+    so the time taken says neither which key matched nor how much of one did."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer KEY)",
+                       headers=CHALLENGE)
+    offered = hashlib.sha256(token).digest()
+    found = None
+    for known, key_id in keys.items():
+        if hmac.compare_digest(hashlib.sha256(known.encode()).digest(), offered):
+            found = key_id
+    if found is None:
+        raise ApiError(401, "unauthorized", "invalid API key", headers=CHALLENGE)
+    return found
+
+
+# api/main.py's AuthGate checks the key before any body is read and leaves the key id in
+# the ASGI scope under this name; get_key reuses it instead of checking twice.
+SCOPE_KEY = "agentbox.key_id"
+
+
 def get_key(request: Request, service: Annotated[SandboxService, Depends(get_service)],
             _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
             ) -> str:
     """The caller's key id. Without configured keys (loopback only) everyone is 'local'."""
+    checked = request.scope.get(SCOPE_KEY)
+    if isinstance(checked, str):
+        return checked
     keys = service.settings.keys()
     if not keys:
         return LOCAL_KEY
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer KEY)",
-                       headers=CHALLENGE)
-    for known, key_id in keys.items():
-        if secrets.compare_digest(known.encode(), token.strip().encode()):
-            return key_id
-    raise ApiError(401, "unauthorized", "invalid API key", headers=CHALLENGE)
+    return match_key(request.headers.get("authorization", "").encode("latin-1"), keys)
 
 
 Service = Annotated[SandboxService, Depends(get_service)]

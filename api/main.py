@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -13,7 +14,9 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors
+from api import connections, errors
+from api.deps import SCOPE_KEY, match_key
+from api.errors import ApiError
 from api.routes import execute, files, health, sessions
 from api.service import SandboxService
 from api.settings import Settings
@@ -21,16 +24,50 @@ from api.settings import Settings
 log = logging.getLogger("agentbox.api")
 
 
+def is_api_path(path: str) -> bool:
+    """The routes that take a key (every one of them is under /v1)."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+class AuthGate:
+    """Checks the bearer key of every /v1 request before anything reads its body: a
+    client without a valid key gets its 401 (and the connection closed, so whatever body
+    it still sends is never read) at the cost of its headers only. The key id is left in
+    the scope for get_key."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_api_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        keys = self.settings.keys()
+        if keys:
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            try:
+                scope[SCOPE_KEY] = match_key(header, keys)
+            except ApiError as exc:
+                response = errors.to_response(exc)
+                response.headers["connection"] = "close"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """Answers 413 to request bodies over the limit, Content-Length or not. JSON bodies
     are small, so they are read here (up to the limit) and replayed to the app; uploads
-    (PUT .../files/...) stream past this and are bounded by their route."""
+    (PUT .../files/...) stream past this and are bounded by their route. Only /v1 bodies
+    are read, after AuthGate: no other route reads a body, so none is buffered for a
+    client that has shown no key (how long a body may take is api/connections.py's)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"] == "PUT" and "/files/" in scope["path"]):
+        if (scope["type"] != "http" or not is_api_path(scope["path"])
+                or (scope["method"] == "PUT" and "/files/" in scope["path"])):
             await self.app(scope, receive, send)
             return
         body, more = bytearray(), True
@@ -122,6 +159,7 @@ def create_app(settings: Settings | None = None,
     for router in (sessions.router, execute.router, files.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(AuthGate, settings=settings)  # outside BodyLimit: runs first
     app.add_middleware(AccessLog)
     return app
 
@@ -131,9 +169,19 @@ class GracefulServer(uvicorn.Server):
     for open requests to finish (a cell may run for minutes), then the lifespan removes
     every container and closes the history."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI,
+                 guard: connections.ConnectionGuard | None = None) -> None:
         super().__init__(config)
         self.agentbox_app = app
+        self.guard = guard
+        self.accept_errors = connections.RateLimitedLog(
+            connections.log, "accept() failing (out of descriptors or memory): new "
+            "connections wait", guard.limits.log_interval_s if guard else 10.0)
+
+    async def startup(self, sockets: Any = None) -> None:
+        # Before listening: an exhausted accept loop is logged as a rate from the start.
+        connections.install_accept_error_handler(asyncio.get_running_loop(), self.accept_errors)
+        await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
@@ -148,10 +196,40 @@ class GracefulServer(uvicorn.Server):
         if isinstance(service, SandboxService):
             await service.drain()
         await super().shutdown(sockets)
+        # Counts still waiting for their window are said now, not lost with the process.
+        self.accept_errors.flush()
+        if self.guard is not None:
+            self.guard.events.flush()
+
+
+def connection_guard(settings: Settings) -> connections.ConnectionGuard:
+    """The caps and deadlines of every client connection, with the total kept below the
+    descriptor limit (raised toward the hard limit first)."""
+    nofile = connections.raise_nofile_limit()
+    reserve = settings.fd_reserve
+    if reserve is None:
+        reserve = connections.default_fd_reserve(settings.max_sessions, settings.pool_size,
+                                                 settings.accept_backlog)
+    budget = connections.connection_budget(settings.max_connections, reserve, nofile)
+    if budget < settings.max_connections:
+        log.warning("connection cap lowered to fit the descriptor limit", extra={
+            "max_connections": settings.max_connections, "effective": budget,
+            "rlimit_nofile": nofile, "fd_reserve": reserve})
+    return connections.ConnectionGuard(connections.Limits(
+        max_connections=budget, max_per_client=settings.max_connections_per_client,
+        header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
+        send_timeout_s=settings.send_timeout_s))
 
 
 def server_for(settings: Settings, **uvicorn_options: Any) -> GracefulServer:
+    """The server `agentbox serve` and the tests run: uvicorn's h11 protocol with the
+    connection guard (api/connections.py); no WebSocket upgrades (no route uses them)."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
-                            **uvicorn_options)
-    return GracefulServer(config, app)
+    guard = connection_guard(settings)
+    options: dict[str, Any] = {
+        "http": connections.protocol_class(guard), "ws": "none",
+        "backlog": settings.accept_backlog,
+        "h11_max_incomplete_event_size": settings.max_header_bytes}
+    options.update(uvicorn_options)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", **options)
+    return GracefulServer(config, app, guard)

@@ -54,6 +54,26 @@ class Settings(BaseSettings):
     keepalive_s: float = Field(15.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
 
+    # Client connections (api/connections.py): what a client can hold before it has
+    # shown a key. Idle keep-alive connections close after uvicorn's 5 s.
+    max_connections: int = Field(1024, ge=1, description="Open HTTP connections in total; "
+                                 "lowered at start to fit RLIMIT_NOFILE minus fd_reserve.")
+    max_connections_per_client: int = Field(128, ge=1, description="Open connections per "
+                                            "client IPv4 address or IPv6 /64.")
+    header_timeout_s: float = Field(10.0, gt=0, description="From connect (or a request's "
+                                    "first byte) to the end of its head; then 408, closed.")
+    body_timeout_s: float = Field(60.0, gt=0, description="From the end of a request head "
+                                  "to the end of its body; then 408, closed.")
+    send_timeout_s: float = Field(60.0, gt=0, description="A client that reads none of a "
+                                  "response for this long is cut.")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="A request head larger "
+                                  "than this is a 400.")
+    accept_backlog: int = Field(128, ge=1, le=65535, description="Listen backlog, and the "
+                                "most connections asyncio accepts per loop turn.")
+    fd_reserve: int | None = Field(None, ge=0, description="Descriptors kept free of client "
+                                   "connections; default 64 + 16 per session/pool kernel "
+                                   "+ accept_backlog.")
+
     @model_validator(mode="after")
     def _refuse_open_bind_without_keys(self) -> Settings:
         if self.host not in LOOPBACK and not self.keys():
