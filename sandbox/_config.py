@@ -51,6 +51,11 @@ class SandboxConfig(BaseModel):
 
     # Hardening: all on; each can only be loosened explicitly.
     user: str = Field("1000:1000", pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")
+    # Each session's box runs as a host uid:gid of its own (sandbox/_uids.py), so the
+    # kernel's per-uid quotas (inotify, message queues, pending signals) are not shared
+    # between sessions or with the host's uid 1000; `user` is used when this is off or
+    # the host process is not root.
+    per_session_uid: bool = True
     read_only_root: bool = True
     network: str = Field("none", description="Docker network mode; 'none' leaves only loopback.")
     drop_all_capabilities: bool = True

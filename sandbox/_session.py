@@ -30,6 +30,7 @@ import secrets
 import signal
 import socket
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ from sandbox._runtime.base import (
     ContainerSpec,
     Runtime,
 )
+from sandbox._uids import for_session
 
 log = logging.getLogger("sandbox.session")
 
@@ -131,7 +133,10 @@ class AsyncSession:
     ) -> None:
         from sandbox._image import image_tag
 
-        self.config = config or SandboxConfig()
+        # A host uid of the session's own (sandbox/_uids.py), released with the session.
+        self.config, self._uid_lease = for_session(config or SandboxConfig())
+        if self._uid_lease is not None:
+            weakref.finalize(self, self._uid_lease.release)  # never started, never closed
         if runtime is None:
             from sandbox._runtime.docker import default_runtime
 
@@ -729,3 +734,5 @@ class AsyncSession:
                                 "retry", self.id, container[:12], exc)
         finally:
             remove_run_dir(self.run_dir)
+            if self._uid_lease is not None:
+                self._uid_lease.release()

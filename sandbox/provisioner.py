@@ -87,6 +87,7 @@ from sandbox._runtime.base import (
     ContainerSpec,
     Runtime,
 )
+from sandbox._uids import UidLease, for_session
 
 PROVISIONER_NAME = "agentbox-provisioner"
 KERNEL_NAME = "agentbox"
@@ -122,6 +123,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self.run_dir: Path | None = None
         self.container_id: str | None = None
         self._config: SandboxConfig | None = None
+        self._uid_lease: UidLease | None = None
         self._containers = 0  # containers started for this run dir (names them)
         self._generation = 0  # agentbox-init's count of kernels started in the container
         self._exit_code: int | None = None
@@ -184,9 +186,14 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         # Only the kernelspec's own env stanza reaches the sandbox, never the host's.
         env = {name: str(full_env.get(name, value)) for name, value in spec_env.items()}
         config = self.build_config(env)
+        fresh = self.run_dir is None
+        if fresh:  # a host uid of the kernel's own (sandbox/_uids.py), kept across restarts
+            self._release_uid()
+            config, self._uid_lease = for_session(config)
+        elif self._config is not None:
+            config = config.with_(user=self._config.user)  # the run dir is that uid's
         self._config = config
 
-        fresh = self.run_dir is None
         if fresh:
             self.session_id = f"s-{secrets.token_hex(6)}"
             self.run_dir = default_base_dir() / self.session_id
@@ -426,6 +433,12 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             self.session_id = None
             if run_dir is not None:
                 remove_run_dir(run_dir)
+            self._release_uid()
+
+    def _release_uid(self) -> None:
+        lease, self._uid_lease = self._uid_lease, None
+        if lease is not None:
+            lease.release()
 
     # -- persistence ----------------------------------------------------------------------
     async def get_provisioner_info(self) -> dict[str, Any]:

@@ -68,7 +68,9 @@ def container_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "name": spec.name,
         "detach": True,
         "user": cfg.user,
-        "environment": dict(spec.env),
+        # The image has a passwd entry for uid 1000 only; a per-session uid has none, and
+        # getpass.getuser() reads these first.
+        "environment": {"USER": "sandbox", "LOGNAME": "sandbox", **spec.env},
         "working_dir": CONTAINER_HOME,
         "labels": dict(spec.labels),
         "hostname": "sandbox",

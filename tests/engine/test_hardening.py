@@ -8,6 +8,7 @@ import json
 import pytest
 
 from sandbox import SandboxConfig, Session
+from sandbox._uids import UID_BASE
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -76,7 +77,8 @@ def posture() -> dict[str, object]:
 
 
 def test_runs_as_non_root_without_capabilities(posture: dict[str, object]) -> None:
-    assert posture["uid"] == 1000 and posture["gid"] == 1000
+    # A host uid of the session's own (sandbox/_uids.py), never root, never 1000.
+    assert posture["uid"] >= UID_BASE and posture["gid"] == posture["uid"]
     assert posture["caps"] == {k: "0000000000000000" for k in ("CapEff", "CapPrm", "CapBnd",
                                                                "CapAmb")}
     assert posture["no_new_privs"] == "1"

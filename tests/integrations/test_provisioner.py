@@ -28,6 +28,7 @@ from sandbox._config import default_base_dir
 from sandbox._exceptions import SessionStartError
 from sandbox._models import DATAFRAME_MIME
 from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID, LABEL_RUN_DIR, LABEL_SESSION
+from sandbox._uids import UID_BASE
 from sandbox.cli import main
 from sandbox.provisioner import LABEL_KERNEL_ID, AgentBoxProvisioner
 
@@ -131,7 +132,7 @@ def test_notebook_runs_inside_the_sandbox(kernelspec: Path, engine: docker.Docke
         return "".join(o["text"] for o in nb.cells[i].outputs if o["output_type"] == "stream")
 
     uid, host = stdout(0).split()
-    assert uid != "0" and uid == "1000" and host == "sandbox"
+    assert uid != "0" and int(uid) >= UID_BASE and host == "sandbox"  # a uid of its own
     (net,) = nb.cells[1].outputs
     assert net["data"]["text/plain"] == "['lo']"
     assert stdout(2).startswith("denied ") and "WRITABLE" not in stdout(2)
@@ -190,12 +191,14 @@ async def test_restart_gives_a_fresh_kernel_in_the_same_box(
         engine: docker.DockerClient) -> None:
     km, kc = kernel
     (before,) = provisioner_containers(engine)
-    await run(kc, "x = 1\nopen('/home/sandbox/note.txt', 'w').write('kept')")
+    _, uid = await run(kc, "x = 1\nopen('/home/sandbox/note.txt', 'w').write('kept')\n"
+                           "import os; print(os.getuid())")
+    assert int(uid) >= UID_BASE  # the kernel's own uid, kept across the restart
     await km.restart_kernel()
     await kc.wait_for_ready(timeout=60)
     content, out = await run(kc, "import os\nprint('x' in globals(), os.getuid(), "
                                  "open('/home/sandbox/note.txt').read())")
-    assert content["status"] == "ok" and out == "False 1000 kept\n"
+    assert content["status"] == "ok" and out == f"False {uid.strip()} kept\n"
     (after,) = provisioner_containers(engine)
     assert after.id == before.id  # restarted in place: files kept, variables gone
     assert await km.is_alive()

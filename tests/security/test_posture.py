@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sandbox import Session
+from sandbox._uids import UID_BASE
 from tests.security.conftest import container_attrs, open_box, probe, read_host_cgroup
 
 MEMORY_MB = 384
@@ -89,20 +90,23 @@ def host_status(pid: int) -> dict[str, str]:
 
 def test_runs_as_an_unprivileged_user(posture: dict[str, Any], box: Session, engine: Any,
                                       runtime: str) -> None:
-    assert posture["uid"] == posture["euid"] == 1000
-    assert posture["gid"] == posture["egid"] == 1000
-    assert posture["resuid"] == [1000, 1000, 1000]
-    assert set(posture["groups"]) <= {1000}
+    # A host uid (and gid) of the session's own (sandbox/_uids.py): not root, not 1000.
+    uid = box.config.uid
+    assert uid >= UID_BASE and box.config.gid == uid
+    assert posture["uid"] == posture["euid"] == uid
+    assert posture["gid"] == posture["egid"] == uid
+    assert posture["resuid"] == [uid, uid, uid]
+    assert set(posture["groups"]) <= {uid}
     attrs = container_attrs(engine, box)
-    assert attrs["Config"]["User"] == "1000:1000"
+    assert attrs["Config"]["User"] == f"{uid}:{uid}"
     # From the host: the process the engine started is not root on the host either.
-    # runc: it is agentbox-init itself (uid 1000, no user namespace remapping).
+    # runc: it is agentbox-init itself (the session's uid, no user namespace remapping).
     # gVisor: it is the Sentry, which gVisor runs as the unprivileged 'nobody'.
     host_pid = attrs["State"]["Pid"]
     uids = host_status(host_pid)["Uid"].split()
     assert "0" not in uids, (runtime, uids)
     if runtime == "runc":
-        assert uids == ["1000"] * 4
+        assert uids == [str(uid)] * 4
 
 
 def test_no_capabilities_at_all(posture: dict[str, Any], runtime: str) -> None:

@@ -28,7 +28,7 @@ HOST_SECRETS = {
 EXPECTED_ENV = {"AGENTBOX_AUTOSTART", "HOME", "HOSTNAME", "IPYTHONDIR", "LANG", "MPLBACKEND",
                 "MPLCONFIGDIR", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
                 "CLICOLOR", "CLICOLOR_FORCE", "FORCE_COLOR", "GIT_PAGER", "PAGER", "TERM",
-                "PYDEVD_USE_FRAME_EVAL"}
+                "PYDEVD_USE_FRAME_EVAL", "USER", "LOGNAME"}
 
 SEARCH = r"""
 import errno, glob, json, os, subprocess
@@ -209,7 +209,7 @@ def test_the_kernel_key_is_fresh_per_session_and_per_restart(box: Session, runti
     run_dir = box._async.run_dir
     live = run_dir / second["files"][0].rsplit("/", 1)[1]
     st = os.stat(live)
-    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 1000
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == box.config.uid
     assert json.loads(live.read_text())["key"] == second["key"]
     attrs = json.dumps(container_attrs(engine, box))
     logs = engine.api.logs(box.info.container_id)

@@ -69,7 +69,7 @@ def test_runtime_key_only_for_gvisor() -> None:
 def test_environment_is_the_spec_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTBOX_TEST_CANARY", "leaked")
     kw = kwargs_for()
-    assert kw["environment"] == ENV
+    assert kw["environment"] == {"USER": "sandbox", "LOGNAME": "sandbox", **ENV}
     assert "AGENTBOX_TEST_CANARY" not in kw["environment"]
 
 
