@@ -232,6 +232,7 @@ MAX_HEADER_BYTES = 64 * 1024  # header, parent header and metadata, each
 ROUTE_BUDGET = 8 << 20  # bytes of parsed messages waiting for one execution's reader
 CHANNEL_BUDGET = 1 << 20  # bytes of unparsed messages waiting in one socket's reader
 RECONNECT_TRIES = 20
+PARSING_NOTICE_S = 0.25  # how often a long parse tells the execution IOPub is working
 
 
 def deserialize(session: Session, frames: list[bytes],
@@ -379,7 +380,7 @@ class KernelConnection:
                                signature_scheme=str(info.get("signature_scheme",
                                                              "hmac-sha256")))
         self.limits = zmtp.Limits(max_frames=MAX_FRAMES, max_bytes=max_message_bytes,
-                                  budget=CHANNEL_BUDGET)
+                                  budget=CHANNEL_BUDGET, max_header_bytes=MAX_HEADER_BYTES)
         self.check_peer = container_peer(container_id)
         self._run_dir: Path | None = None
         self._channels: dict[str, zmtp.Connection] = {}
@@ -575,7 +576,7 @@ class KernelConnection:
             tries = 0
             size = sum(len(p) for p in item)
             try:
-                msg = await deserialize_async(self.session, item, size)
+                msg = await self._deserialize(channel, item, size)
             except parse.ParseRefused as exc:  # too big or too complex to keep
                 self.dropped += 1
                 self._post_all("dropped", {"channel": channel, "reason": str(exc),
@@ -586,6 +587,22 @@ class KernelConnection:
                 continue
             msg["_size"] = size
             await self.deliver_async(channel, msg)
+
+    async def _deserialize(self, channel: str, frames: list[bytes], size: int
+                           ) -> dict[str, Any]:
+        if size <= parse.INLINE_BYTES or channel != "iopub":
+            return await deserialize_async(self.session, frames, size)
+        # A worker takes a while (bounded by parse.PARSE_TIMEOUT_S): meanwhile the running
+        # execution is told IOPub is still working, so that it waits for its 'idle'.
+        job = asyncio.ensure_future(deserialize_async(self.session, frames, size))
+        try:
+            while True:
+                self._post_all("parsing", {})
+                done, _ = await asyncio.wait({job}, timeout=PARSING_NOTICE_S)
+                if done:
+                    return job.result()
+        finally:
+            job.cancel()
 
     def _target(self, msg: dict[str, Any]) -> Route | None:
         parent = msg.get("parent_header") if isinstance(msg, dict) else None

@@ -594,6 +594,10 @@ class AsyncSession:
                                                ended_by="replace" if replaced else "restart",
                                                state_lost=True, files_lost=replaced)
                     break
+                if reply is not None and channel in ("iopub", "dropped", "parsing"):
+                    # IOPub is still delivering (or dropping) this cell's messages: the
+                    # grace for its 'idle' counts from the latest one, not the reply.
+                    idle_deadline = time.monotonic() + IOPUB_GRACE_S
                 if channel == "iopub":
                     for event in assembler.feed(msg):
                         yield event

@@ -59,11 +59,17 @@ class Dropped:
     frames: int
 
 
+DELIMITER = b"<IDS|MSG>"  # Jupyter's: then signature, header, parent, metadata, content
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_frames: int = 256
     max_bytes: int = 64 << 20
     budget: int = 8 << 20  # complete messages waiting for the reader, in bytes
+    # Jupyter's header, parent header and metadata frames (the 2nd to 4th after the
+    # delimiter) are not output: a message with a larger one is skipped unkept.
+    max_header_bytes: int = 64 << 10
 
 
 def ready_command(socket_type: str) -> bytes:
@@ -222,6 +228,10 @@ class Reader:
                 self._skip_reason = (f"a message of more than {self.limits.max_bytes} bytes "
                                      f"(max_message_bytes)")
                 self._parts = []
+            elif size > self.limits.max_header_bytes and self._is_header_frame():
+                self._skip_reason = (f"a message header of {size} bytes (cap "
+                                     f"{self.limits.max_header_bytes})")
+                self._parts = []
         if self._skip_reason is not None:
             # Count and throw away, without keeping: bounded memory, O(1) per frame.
             self._frames += 1
@@ -238,7 +248,8 @@ class Reader:
             return start + size
         if len(buf) - start < size:
             return -1
-        self._parts.append(bytes(buf[start:start + size]))
+        with memoryview(buf) as view:  # one copy, not two
+            self._parts.append(bytes(view[start:start + size]))
         self._frames += 1
         self._size += size
         if not more:
@@ -246,6 +257,13 @@ class Reader:
             self.queued += self._size
             self._parts, self._size, self._frames = [], 0, 0
         return start + size
+
+    def _is_header_frame(self) -> bool:
+        """Whether the frame about to come is a header, parent header or metadata."""
+        for i, part in enumerate(self._parts):
+            if part == DELIMITER:
+                return 2 <= len(self._parts) - i <= 4
+        return False
 
     def _end_skip(self) -> None:
         self.messages.append(Dropped(self._skip_reason or "over a cap", self._size, self._frames))

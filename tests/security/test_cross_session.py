@@ -14,7 +14,7 @@ import pytest
 from sandbox import ExecutionResult, Session
 from tests.security.conftest import container_attrs, host_processes_with, open_box, probe, run_ok
 
-SOCKET_NAMES = r"^(init\.sock|kernel-\d+\.json|k\d+-[1-5])$"
+SOCKET_NAMES = r"^(init\.sock|kernel-\d+-[0-9a-f]{8}\.json|k\d+-[1-5])$"
 
 
 @pytest.fixture(scope="module")

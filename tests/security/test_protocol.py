@@ -246,8 +246,10 @@ import fcntl, json, os, socket, time
 RK = "/run/kernel"
 TARGET = %(target)r
 FIFO_ON_HOST = %(fifo)r  # runc: a FIFO made here is a FIFO on the host; gVisor keeps it inside
-live = max(int(n[len("kernel-"):-len(".json")]) for n in os.listdir(RK) if n.startswith("kernel-"))
-NEXT = f"{RK}/kernel-{live + 1}.json"  # where the host will write the next kernel's key
+live = max(int(n.split("-")[1].split(".")[0]) for n in os.listdir(RK) if n.startswith("kernel-"))
+# Where the host wrote the next kernel's key when names were predictable; they are not any
+# more (kernel-<generation>-<random>.json), but the trap is set all the same.
+NEXT = f"{RK}/kernel-{live + 1}.json"
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
@@ -339,7 +341,8 @@ async def impostor(attacker: AsyncSession, victim: AsyncSession, runtime: str,
     assert planted.status == "ok", planted.error
     died = await attacker.execute("import os; os._exit(3)")  # the next cell restarts it
     assert died.status == "died"
-    live = max(int(p.name[7:-5]) for p in attacker.run_dir.glob("kernel-*.json"))
+    live = max(int(p.name.split("-")[1].split(".")[0])
+               for p in attacker.run_dir.glob("kernel-*.json"))
     fifo = attacker.run_dir / f"kernel-{live + 1}.json"
     gaps: list[float] = []
     stop = asyncio.Event()

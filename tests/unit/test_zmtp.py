@@ -158,3 +158,14 @@ async def test_a_route_holds_back_its_pump_past_the_budget() -> None:
     route.close()  # a released route lets a waiting pump go, and keeps nothing
     await asyncio.wait_for(third, 1)
     assert route.size == 0 and route.empty()
+
+
+def test_a_message_with_an_oversized_jupyter_header_is_skipped_unkept() -> None:
+    r = reader(max_header_bytes=100)
+    big = z.encode([b"topic", z.DELIMITER, b"sig", b"h" * 5000, b"{}", b"{}", b"{}"])
+    fine = z.encode([b"topic", z.DELIMITER, b"sig", b"h" * 100, b"p" * 100, b"{}", b"c" * 5000])
+    assert r.feed(big + fine)
+    items = drain(r)
+    assert isinstance(items[0], z.Dropped) and "header of 5000 bytes" in items[0].reason
+    assert items[1] == [b"topic", z.DELIMITER, b"sig", b"h" * 100, b"p" * 100, b"{}",
+                        b"c" * 5000]  # the content is not a header: no cap but the total
