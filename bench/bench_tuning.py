@@ -1,34 +1,41 @@
 """Host-side tuning: where the host's time goes in ``await session.execute("1+1")``, and
-what the library's own message pump saves over jupyter_client's.
+what the host's own ZMTP reader costs (or saves) against libzmq's recv.
 
     .venv/bin/python bench/bench_tuning.py [--quick] [--out bench/results/tuning.json]
 
 1. A profile. cProfile (on the thread's CPU clock, so waiting in epoll does not count)
-   around a loop of ``1+1`` on one warm session. Everything the library does for a
-   cell runs in the calling thread's asyncio loop (ZMQ's own I/O thread is C++ and is
-   not profiled), so the profile is the host's whole Python share of a round trip:
-   CPU time per cell grouped by area, and the functions with the most time of their own.
+   around a loop of ``1+1`` on one warm session. The library has no I/O thread of its
+   own any more: the kernel's sockets are read by ``sandbox._zmtp`` in the calling
+   thread's asyncio loop (small messages are parsed there too; only those over
+   ``sandbox._parse.INLINE_BYTES`` go to a worker process, and ``1+1`` has none), so
+   the profile is the host's whole share of a round trip: CPU time per cell grouped by
+   area, and the functions with the most time of their own.
 
-2. Before/after. What the first profiles showed, and the library now avoids
-   (``sandbox._kernel``: ``KernelConnection._pump`` and ``deserialize``):
+2. Before/after: the kernel transport. The host used to read the kernel's sockets with
+   libzmq (pyzmq's ``zmq.asyncio``, through jupyter_client's ``AsyncKernelClient``
+   channels), whose only receive cap is ``ZMQ_MAXMSGSIZE`` per frame; it now speaks
+   ZMTP itself (``sandbox._zmtp``: frames and bytes capped per message before anything
+   is kept, a byte budget with back-pressure, the peer checked on every connect) and
+   routes into byte-bounded ``Route`` queues.
 
-   - jupyter_client parses every message's ``header.date`` and ``parent_header.date``
-     with dateutil (``jsonutil.extract_dates``), and keeps a history of signatures,
-     although the host never reads the dates and the box can sign what it likes;
-   - ``get_*_msg()`` awaits ``socket.poll()`` and then ``recv_multipart()``: two pyzmq
-     futures per message where one does.
-
-   *Before* is a warm session whose pumps read through jupyter_client's
-   ``get_*_msg()`` and ``Session.deserialize`` (the library's pump until this change,
-   kept here as :func:`legacy_pump`); *after* is a warm session as the library makes
-   it. Both run in this process, in interleaved blocks of cells, round after round:
-   wall time and this process's CPU time per cell, and their ratio after / before.
+   *Before* is :class:`LibzmqConnection`: the transport as it was at commit 164c099
+   (a ``zmq.asyncio.Context`` with ``MAXMSGSIZE``, jupyter_client's channels, shell,
+   IOPub and control, each read by the old pump: ``_recv_watched`` then
+   ``deserialize``), as a subclass of the library's ``KernelConnection`` that routes
+   into the same ``Route`` objects through ``deliver``. One warm session gets it by
+   having ``sandbox._session.KernelConnection`` replaced while that session starts.
+   *After* is a warm session as the library makes it. Both run in this process, in
+   interleaved blocks of cells, round after round: wall time and this process's CPU
+   time per cell (all threads, so libzmq's I/O thread counts for *before*), and their
+   ratio after / before.
 
 Writes JSON (``--out``) and ``docs/benchmarks-tuning.md`` (``--report``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import cProfile
 import datetime as dt
 import io
@@ -38,14 +45,23 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous import AsyncKernelClient
+
+from sandbox._exceptions import DeadlineExceeded, SandboxError
+from sandbox._kernel import KernelConnection, KernelEndpoint, Route, deserialize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import (
     REPO,
     TRIVIAL,
+    BenchError,
     agentbox_containers,
     check_lib,
     cli,
@@ -81,8 +97,11 @@ AREAS = [
     ("json", ("/json/", "_json")),
     ("hmac / hashlib", ("hmac", "hashlib", "_hashlib")),
     ("uuid / secrets", ("uuid", "secrets", "random")),
+    ("sandbox._zmtp (the ZMTP reader)", ("sandbox/_zmtp",)),
+    ("sandbox._parse", ("sandbox/_parse",)),
     ("zmq (pyzmq, asyncio sockets)", ("zmq",)),
     ("asyncio (loop, tasks, queues, timeouts)", ("asyncio", "selectors", "select.epoll")),
+    ("socket", ("socket",)),
     ("sandbox._outputs", ("sandbox/_outputs",)),
     ("sandbox._session", ("sandbox/_session",)),
     ("sandbox._kernel", ("sandbox/_kernel",)),
@@ -157,40 +176,163 @@ def report(plain: dict[str, float], stats: pstats.Stats, cells: int, top: int) -
     return out.getvalue()
 
 
-async def legacy_pump(self: Any, channel: str) -> None:
-    """*Before*: the library's pump until the tuning, through jupyter_client's
-    ``get_*_msg()`` (a poll, then a recv) and ``Session.deserialize`` (dates parsed,
-    signatures remembered); routing by ``KernelConnection.deliver``, as the library's."""
-    import zmq
-
-    getter = {"iopub": self.client.get_iopub_msg, "shell": self.client.get_shell_msg,
-              "control": self.client.get_control_msg}[channel]
-    while True:
-        try:
-            msg = await getter()
-        except zmq.ZMQError:
-            return
-        except Exception:
-            self.rejected += 1
-            continue
-        self.deliver(channel, msg)
+RECV_WATCH_S = 0.5  # as at 164c099
 
 
-async def before_after(plan: Plan) -> dict[str, dict[str, list[float]]]:
-    """Wall and CPU (this process, all threads) per cell, per block, for both pumps."""
+async def _recv_watched(sock: Any) -> list[bytes]:
+    """*Before*, verbatim from 164c099: ``sock.recv_multipart()``, re-armed whenever
+    ZMQ holds a message the future was not woken for (ZMQ's file descriptor is
+    edge-triggered, and a send on the same DEALER socket can consume the edge of a
+    reply that has just arrived)."""
+    fut = sock.recv_multipart()
+    try:
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=RECV_WATCH_S)
+            if done:
+                result: list[bytes] = fut.result()
+                return result
+            if sock.closed or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                continue
+            if not fut.cancel():  # it completed meanwhile: keep its message
+                result = fut.result()
+                return result
+            fut = sock.recv_multipart()
+    finally:
+        if not fut.done():
+            fut.cancel()
+
+
+class LibzmqConnection(KernelConnection):
+    """*Before*: the host's kernel transport as it was at 164c099, libzmq through pyzmq
+    and jupyter_client's ``AsyncKernelClient`` channels (shell, IOPub and control),
+    read by the old pump (``_recv_watched``, then ``deserialize``).
+
+    What is the library's here is only what both sides share: the handshake
+    (``wait_iopub``), the routing (``deliver``, into the same ``Route`` objects) and
+    ``deserialize`` (run with its header cap off, as 164c099's had none: the same
+    signature check and JSON parsing). Only the transport differs."""
+
+    def __init__(self, endpoint: KernelEndpoint, *, max_message_bytes: int,
+                 container_id: str | None = None) -> None:
+        super().__init__(endpoint, max_message_bytes=max_message_bytes,
+                         container_id=container_id)
+        self.context = zmq.asyncio.Context()
+        # ZMQ drops (unread) any frame larger than this: libzmq's only receive cap.
+        self.context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.client = AsyncKernelClient(context=self.context)
+        self.client.load_connection_info(endpoint.host_info)
+
+    async def connect(self, run_dir: Path, deadline: float, alive: Any = None) -> None:
+        self._run_dir = run_dir
+        paths = self.endpoint.socket_paths(run_dir)
+        next_check = time.monotonic() + 0.5
+        while not all(p.exists() for p in paths):
+            now = time.monotonic()
+            if now >= deadline:
+                raise DeadlineExceeded("the kernel did not bind its sockets before the deadline")
+            if alive is not None and now >= next_check:
+                next_check = now + 0.5
+                if not await alive():
+                    raise SandboxError("the kernel exited while starting")
+            await asyncio.sleep(0.005)
+        self.client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        for channel in ("iopub", "shell", "control"):
+            self._pumps[channel] = asyncio.create_task(self._pump(channel))
+        await self.wait_iopub(deadline)
+
+    def send(self, msg_type: str, content: dict[str, Any]) -> str:
+        msg = self.client.session.msg(msg_type, content)
+        self.client.shell_channel.send(msg)
+        msg_id: str = msg["header"]["msg_id"]
+        return msg_id
+
+    def execute(self, code: str) -> tuple[str, Route]:
+        msg = self.client.session.msg("execute_request", {
+            "code": code, "silent": False, "store_history": True,
+            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True,
+        })
+        msg_id: str = msg["header"]["msg_id"]
+        queue = self.route(msg_id)
+        self.client.shell_channel.send(msg)
+        return msg_id, queue
+
+    async def reconnect_iopub(self, timeout: float = 5.0) -> None:
+        task = self._pumps.pop("iopub", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        old = self.client._iopub_channel  # jupyter_client creates the channel lazily
+        self.client._iopub_channel = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+        self.client.iopub_channel.start()
+        self._pumps["iopub"] = asyncio.create_task(self._pump("iopub"))
+        await self.wait_iopub(time.monotonic() + timeout)
+
+    async def _pump(self, channel: str) -> None:
+        sock = {"iopub": self.client.iopub_channel, "shell": self.client.shell_channel,
+                "control": self.client.control_channel}[channel].socket
+        session = self.client.session
+        while True:
+            try:
+                msg = deserialize(session, await _recv_watched(sock),
+                                  max_header_bytes=sys.maxsize)
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK) or self.context.closed:
+                    return  # the socket or the context is closed
+                self.rejected += 1
+                await asyncio.sleep(0.01)
+                continue
+            except Exception:  # bad signature, bad JSON, bad shape
+                self.rejected += 1
+                continue
+            self.deliver(channel, msg)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._pumps.values():
+            task.cancel()
+        for task in self._pumps.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._pumps = {}
+        with contextlib.suppress(Exception):
+            self.client.stop_channels()
+        self.context.destroy(linger=0)
+
+
+@contextlib.contextmanager
+def transport(cls: type[KernelConnection]) -> Iterator[None]:
+    """Sessions started meanwhile talk to their kernel through *cls* (the session
+    module builds its ``KernelConnection`` by that name, in ``_connect``)."""
+    import sandbox._session as session_module
+
+    saved = session_module.KernelConnection
+    session_module.KernelConnection = cls  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        session_module.KernelConnection = saved  # type: ignore[misc]
+
+
+async def before_after(plan: Plan) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
+    """Wall and CPU (this process, all threads) per cell, per block, for both transports;
+    and the connection class each session really used."""
     from sandbox import AsyncSession
-    from sandbox._kernel import KernelConnection
 
-    tuned_pump = KernelConnection._pump
     before, after = AsyncSession(), AsyncSession()
     try:
-        KernelConnection._pump = legacy_pump  # type: ignore[method-assign]
-        try:
-            await before.start()  # its pumps are created now, with the legacy code
-        finally:
-            KernelConnection._pump = tuned_pump  # type: ignore[method-assign]
+        with transport(LibzmqConnection):
+            await before.start()  # its kernel connection is made now, through libzmq
         await after.start()
         sessions = {"before": before, "after": after}
+        used = {name: type(s._kernel).__name__ for name, s in sessions.items()}
+        if used != {"before": "LibzmqConnection", "after": "KernelConnection"}:
+            raise BenchError(f"the sessions did not get the transports compared: {used}")
         for session in sessions.values():
             for _ in range(50):
                 check_lib(TRIVIAL, await session.execute(TRIVIAL))
@@ -207,7 +349,7 @@ async def before_after(plan: Plan) -> dict[str, dict[str, list[float]]]:
     finally:
         await before.close()
         await after.close()
-    return samples
+    return samples, used
 
 
 async def run(plan: Plan, console: Any) -> dict[str, Any]:
@@ -221,7 +363,7 @@ async def run(plan: Plan, console: Any) -> dict[str, Any]:
         plain, stats = await measure(plan.cells)
         profile = report(plain, stats, plan.cells, plan.top)
         console.print(f"before/after: {plan.rounds} rounds of {plan.block} cells each side...")
-        samples = await before_after(plan)
+        samples, transports = await before_after(plan)
         leaks = agentbox_containers(client, mine=True)
     finally:
         client.close()
@@ -233,9 +375,12 @@ async def run(plan: Plan, console: Any) -> dict[str, Any]:
                              "ratio": statistics.median(a) / statistics.median(b),
                              "ratio_ci95": list(ratio_ci(a, b))}
     cpu = comparisons["cpu"]
+    wall = comparisons["wall"]
     headlines = [f"host CPU per `1+1` {cpu['before_ms']:.2f} → {cpu['after_ms']:.2f} ms "
-                 f"({cpu['ratio']:.2f}× before) with the library's own message pump",
-                 f"wall {comparisons['wall']['ratio']:.2f}× before"]
+                 f"({cpu['ratio']:.2f}× before) with the capped ZMTP reader in place of "
+                 "libzmq's recv",
+                 f"round trip per `1+1` {wall['before_ms']:.2f} → {wall['after_ms']:.2f} ms "
+                 f"({wall['ratio']:.2f}× before)"]
     return {
         "benchmark": "tuning", "mode": plan.mode, "plan": plan.__dict__,
         "date": started.isoformat(timespec="seconds"),
@@ -245,7 +390,7 @@ async def run(plan: Plan, console: Any) -> dict[str, Any]:
                     "cpu_count": os.cpu_count()},
         "git": git_state(), "plain": plain, "profile": profile, "samples": samples,
         "comparisons": comparisons, "headlines": headlines,
-        "checks": {"leaked_containers": leaks},
+        "checks": {"leaked_containers": leaks, "transports": transports},
     }
 
 
@@ -265,7 +410,7 @@ def make_plot(data: dict[str, Any], path: Path) -> bool:
             values = [v * 1e3 for v in data["samples"][side][kind]]
             ax.scatter([x] * len(values), values, alpha=0.6, label=side)
             ax.hlines(statistics.median(values), x - 0.25, x + 0.25, color="black")
-        ax.set_xticks([0, 1], ["before\n(jupyter_client get_msg)", "after\n(library pump)"])
+        ax.set_xticks([0, 1], ["before\n(libzmq recv)", "after\n(capped ZMTP reader)"])
         ax.set_xlim(-0.6, 1.6)
         ax.set_ylim(bottom=0)
         ax.set_ylabel(label)
@@ -289,19 +434,28 @@ def write_report(data: dict[str, Any], path: Path, console: Any) -> None:
         ".venv/bin/python bench/bench_tuning.py",
         "```",
         "",
-        "A profile of the host's share of a `1+1` round trip showed two costs the host "
-        "paid on every kernel message for nothing: jupyter_client parsing the ISO dates "
-        "of each header and parent header with dateutil (and remembering every "
-        "signature to refuse replays, pointless when the box holds the key), and reading "
-        "each message with a `poll()` future and then a `recv_multipart()` future. The "
-        "library now reads with one `recv_multipart()` and deserialises with "
-        "`sandbox._kernel.deserialize` (signature checked, dates left as strings).",
+        "The host used to read its kernels' sockets with libzmq (pyzmq's `zmq.asyncio`, "
+        "through jupyter_client's `AsyncKernelClient` channels). libzmq's only receive "
+        "cap is `ZMQ_MAXMSGSIZE`, per frame: a multipart message is buffered whole before "
+        "the host sees its first frame, and its high-water mark counts messages, not bytes "
+        "or frames, so a box could make the host hold hundreds of MB or build millions of "
+        "objects with one message. The host now speaks ZMTP itself (`sandbox._zmtp`): "
+        "every frame header is checked before its body is read (frames and bytes per "
+        "message capped, header frames capped), complete messages wait within a byte "
+        "budget (back-pressure to the kernel), the peer is checked on every connect, and "
+        "messages are routed into byte-bounded queues; a message over "
+        "`sandbox._parse.INLINE_BYTES` is parsed in a worker process (never the case "
+        "for `1+1`). This page measures what that costs a small cell.",
         "",
-        f"*Before* is a warm session whose pumps use jupyter_client's `get_*_msg()` "
-        f"(the library's code until this change); *after* is a session as the library "
-        f"makes it. Same process, same kernel image, {plan['rounds']} interleaved rounds of "
-        f"{plan['block']} cells per side; medians over the rounds, ratio after / before "
-        "with a 95% bootstrap interval.",
+        f"*Before* is a warm session whose kernel connection is the transport as it was at "
+        f"commit 164c099 (`LibzmqConnection` in the script: a `zmq.asyncio.Context` with "
+        f"`MAXMSGSIZE`, jupyter_client's shell, IOPub and control channels, each read with "
+        f"`recv_multipart()` and parsed with the same `deserialize`, routed into the same "
+        f"queues); *after* is a session as the library makes it. Same process, same "
+        f"kernel image, {plan['rounds']} interleaved rounds of {plan['block']} cells per "
+        f"side; medians over the rounds, ratio after / before with a 95% bootstrap "
+        f"interval. Host CPU is this process's, all threads: libzmq's I/O thread counts "
+        f"for *before*.",
         "",
         "| per `1+1` cell | before | after | after / before [95% CI] |",
         "|---|--:|--:|--:|",
@@ -314,14 +468,14 @@ def write_report(data: dict[str, Any], path: Path, console: Any) -> None:
                      f"**{k['ratio']:.2f}×** [{lo:.2f}×–{hi:.2f}×] |")
     lines += [
         "",
-        "- The wall time is dominated by the kernel and the trip through ZMQ; what the "
-        "host saves in CPU shows there only when the host is the bottleneck (many "
+        "- The wall time is dominated by the kernel (its own ZMQ sockets and Python); "
+        "a difference in host CPU shows there only when the host is the bottleneck (many "
         "sessions in one process: see the throughput figures in "
         "[benchmarks-scale.md](benchmarks-scale.md)).",
-        "- Other host work the profile shows is left alone: asyncio's own scheduling, "
-        "pyzmq's futures, HMAC signing (needed), and the per-session ZMQ context "
-        "(two I/O threads per session; one shared context would save threads, not time "
-        "per cell).",
+        "- The reader is pure Python on the event loop where libzmq parsed frames in C++ "
+        "on its own I/O thread: the caps are paid for in the loop's time, which the "
+        "profile below shows under `sandbox._zmtp`. In exchange the host has no ZMQ "
+        "context, hence no I/O threads, per session.",
         "",
         *([f"![host CPU and round trip per cell, before and after]({PLOT_NAME})", ""]
           if make_plot(data, path.parent / PLOT_NAME) else []),
