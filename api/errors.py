@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +24,7 @@ from sandbox import (
     SessionStartError,
     UnsafePathError,
 )
+from sandbox._manager import StartQueueFullError
 
 
 class ApiError(Exception):
@@ -40,6 +43,7 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (SessionClosedError, 404, "session_not_found"),
     (SessionBusyError, 409, "session_busy"),
     (CapacityError, 429, "capacity"),
+    (StartQueueFullError, 503, "start_queue_full"),
     (ConfigError, 422, "invalid_settings"),
     (UnsafePathError, 400, "unsafe_path"),
     (EngineUnavailableError, 503, "engine_unavailable"),
@@ -47,6 +51,10 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (SessionStartError, 503, "session_start_failed"),
     (SessionLostError, 410, "session_lost"),
 ]
+# Retry-After (seconds) for refusals a retry can pass; a StartQueueFullError carries
+# its own estimate. An image that is missing stays missing: no Retry-After there.
+RETRY_AFTER: list[tuple[type[Exception], int]] = [
+    (CapacityError, 5), (EngineUnavailableError, 5), (SessionStartError, 2)]
 FILE_CODES = {"not_found": 404, "too_large": 413, "is_directory": 409, "symlink": 403,
               "not_a_file": 409, "not_a_directory": 409, "no_space": 507,
               "unsafe_path": 400}
@@ -65,8 +73,19 @@ def to_response(exc: Exception) -> JSONResponse:
         return error_response(FILE_CODES.get(exc.code, 400), f"file_{exc.code}", str(exc))
     for kind, status, code in ERROR_TABLE:
         if isinstance(exc, kind):
-            return error_response(status, code, str(exc))
+            resp = error_response(status, code, str(exc))
+            retry = retry_after(exc)
+            if retry is not None:
+                resp.headers["Retry-After"] = str(retry)
+            return resp
     return error_response(500, "sandbox_error", str(exc))
+
+
+def retry_after(exc: Exception) -> int | None:
+    """Whole seconds after which a retry of what *exc* refused may pass, or None."""
+    if isinstance(exc, StartQueueFullError):
+        return max(1, math.ceil(exc.retry_after_s))
+    return next((s for kind, s in RETRY_AFTER if isinstance(exc, kind)), None)
 
 
 def install(app: FastAPI) -> None:

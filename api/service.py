@@ -61,6 +61,8 @@ class SandboxService:
                                       max_upload_bytes=settings.max_upload_bytes)
         self.manager = manager or SessionManager(ManagerConfig(
             max_sessions=settings.max_sessions, pool_size=settings.pool_size,
+            max_concurrent_starts=settings.max_concurrent_starts,
+            start_queue_timeout_s=settings.start_queue_timeout_s,
             idle_timeout_s=settings.default_idle_timeout_s,
             max_lifetime_s=settings.default_lifetime_s,
             reaper_interval_s=settings.reaper_interval_s, session_defaults=self.defaults))

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     pool_size: int = Field(2, ge=0, le=256)
     max_sessions: int = Field(32, ge=1, le=10_000)
     max_sessions_per_key: int = Field(8, ge=1, le=10_000)
+    # Cold starts at once, and how long a create may wait in line for one (then 503
+    # with Retry-After); see ManagerConfig.
+    max_concurrent_starts: int = Field(2, ge=1, le=256)
+    start_queue_timeout_s: float = Field(20.0, ge=0, le=600)
 
     # Server-side maxima of what a key may ask for.
     max_memory_mb: int = Field(4096, ge=64)

@@ -169,6 +169,12 @@ class ManagerConfig(BaseModel):
     idle_timeout_s: float | None = Field(900.0, gt=0)
     max_lifetime_s: float | None = Field(4 * 3600.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0, le=3600)
+    # Cold starts at once (each is ~1 CPU-second of engine, runtime and kernel work): a
+    # burst on a small machine otherwise runs every start at once and all miss their
+    # deadline together. The rest wait in line for at most start_queue_timeout_s
+    # (0: never wait; refuse unless a slot is free).
+    max_concurrent_starts: int = Field(2, ge=1, le=256)
+    start_queue_timeout_s: float = Field(20.0, ge=0, le=600)
     run_root: Path = Field(default_factory=default_base_dir)
     instance_id: str | None = Field(None, pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
     session_defaults: SandboxConfig = Field(default_factory=SandboxConfig)

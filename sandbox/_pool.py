@@ -3,8 +3,10 @@
 Taking one costs a dictionary pop: the container is up and its kernel has
 answered. The pool refills in the background, one start at a time (starts
 compete for the same two cores; serial refills keep a burst of takes from
-slowing every other session's cells). A pooled session is handed out once and
-never returned: its kernel has run someone's code.
+slowing every other session's cells), and each refill waits for a start slot
+of the manager behind every caller's cold start (a burst of creates is not
+slowed by refills of the pool it just emptied). A pooled session is handed out
+once and never returned: its kernel has run someone's code.
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ class WarmPool:
             except SandboxError as exc:
                 self.failures += 1
                 self.last_error = str(exc)
-                log.warning("warm pool: could not start a session: %s", exc)
+                # The start's own failure (session id, phase, reason) is logged where it
+                # failed; this line says what the pool does about it.
+                log.warning("warm pool: refill failed (%d so far); next try in %.1fs",
+                            self.failures, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
