@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -15,7 +16,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from api.errors import ApiError
+from api.live import END, LiveFeed
 from api.metrics import Metrics
 from api.schemas import CreateSession, Limits, SessionOut
 from api.settings import Settings
@@ -33,11 +38,9 @@ from sandbox import (
     SessionState,
     make_config,
 )
-from sandbox._notebook import dumps as notebook_dumps
-from sandbox._notebook import to_notebook
+from sandbox._notebook import notebook_chunks, notebook_dict
 
 log = logging.getLogger("agentbox.api")
-_END = object()
 
 
 @dataclass
@@ -66,8 +69,14 @@ class SandboxService:
             idle_timeout_s=settings.default_idle_timeout_s,
             max_lifetime_s=settings.default_lifetime_s,
             reaper_interval_s=settings.reaper_interval_s, session_defaults=self.defaults))
-        self.store = store or HistoryStore(settings.resolved_database_url(),
-                                           server_id=self.manager.instance_id)
+        self.store = store or HistoryStore(
+            settings.resolved_database_url(), server_id=self.manager.instance_id,
+            max_execution_bytes=settings.history_max_execution_bytes,
+            max_key_bytes=settings.history_max_bytes_per_key)
+        # Event-stream pumps (each runs its cell to the end and records it, whether or
+        # not the client still reads), and the turns for notebook exports.
+        self._pumps: set[asyncio.Task[Any]] = set()
+        self._exports = anyio.CapacityLimiter(settings.notebook_export_concurrency)
         # A server that has not beaten for this long is taken for dead by the others.
         self.stale_after_s = max(60.0, 6 * settings.reaper_interval_s)
         self.metrics = Metrics()
@@ -89,11 +98,18 @@ class SandboxService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
         await self.manager.shutdown()
+        await self._wait_pumps(10.0)  # their cells ended with the sessions: record them
         for sid in list(self.owned):
             await self.store.close_session(sid)
         self.owned.clear()
         await self.store.leave()
         self.store.close()
+
+    async def _wait_pumps(self, timeout_s: float) -> None:
+        if self._pumps:
+            _, late = await asyncio.wait(set(self._pumps), timeout=timeout_s)
+            for task in late:
+                task.cancel()
 
     async def drain(self, grace_s: float = 3.0) -> None:
         """First step of a shutdown: refuse new work; interrupt running cells, and close
@@ -225,7 +241,10 @@ class SandboxService:
     async def _record(self, session_id: str, code: str, result: ExecutionResult,
                       started_at: float) -> dict[str, Any]:
         body = result.to_dict()
-        await self.store.add_execution(session_id, code, body, started_at)
+        said: list[str] = []
+        await self.store.add_execution(session_id, code, body, started_at, said)
+        if said:  # the history's caps cut this row: the caller hears it too
+            body["notes"] = [*body["notes"], *said]
         self.metrics.record(body)
         log.info("execution", extra={"session_id": session_id, "status": result.status,
                                      "duration_ms": body["duration_ms"],
@@ -250,48 +269,77 @@ class SandboxService:
             raise SessionBusyError(session_id)
         return self._events(session, session_id, code, timeout_s)
 
+    def _detach(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """A task that outlives the request that started it, in a fresh context: the
+        cancel scope of a response whose client left cannot reach it. Shutdown waits."""
+        task = asyncio.get_running_loop().create_task(coro, name=name,
+                                                      context=contextvars.Context())
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+        return task
+
     async def _events(self, session: AsyncSession, session_id: str, code: str,
                       timeout_s: float | None) -> AsyncIterator[str]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        started = time.time()
-
-        async def pump() -> None:
-            try:
-                async for event in session.stream(code, timeout=timeout_s, wait=False):
-                    await queue.put(event)
-            except Exception as exc:
-                await queue.put(exc)
-            finally:
-                await queue.put(_END)
-
-        task = asyncio.create_task(pump())
+        """The response's side: frames from the feed, keep-alives while the cell is
+        silent. The cell runs in the pump, not here, so a client that stops reading
+        slows nothing down, and one that leaves still gets its cell recorded."""
+        feed = LiveFeed(self.settings.sse_queue_bytes, self.settings.sse_queue_events)
+        pump = self._detach(self._pump(session, session_id, code, timeout_s, feed),
+                            name=f"agentbox-sse-{session_id}")
         try:
             while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), self.settings.keepalive_s)
-                except TimeoutError:
+                item = await feed.next(self.settings.keepalive_s)
+                if item is None:
                     yield ": keep-alive\n\n"
-                    continue
-                if item is _END:
+                elif item is END:
                     break
-                if isinstance(item, Exception):
-                    from api.errors import to_response
-
-                    response = to_response(item)
-                    body = json.loads(bytes(response.body))
-                    body["error"]["status"] = response.status_code
-                    yield f"event: error\ndata: {json.dumps(body)}\n\n"
-                    break
-                if isinstance(item, ExecutionResult):
-                    result = await self._record(session_id, code, item, started)
-                    yield f"event: result\ndata: {json.dumps(result)}\n\n"
                 else:
-                    yield f"event: output\ndata: {json.dumps(item.to_dict())}\n\n"
+                    yield item
         finally:
-            if not task.done():  # the client went away: the cell is interrupted
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if not pump.done():  # the client went away: interrupt the cell, keep recording
+                feed.leave()
+                self._detach(self._interrupt_quietly(session), name="agentbox-sse-interrupt")
+
+    async def _pump(self, session: AsyncSession, session_id: str, code: str,
+                    timeout_s: float | None, feed: LiveFeed) -> None:
+        """Runs the cell to its end whatever the client does: live events into the
+        bounded feed, the result into the history (before the session takes its next
+        cell, so rows keep the order of execution) and then into the feed."""
+        started = time.time()
+        try:
+            stream = session.stream(code, timeout=timeout_s, wait=False)
+            async with contextlib.aclosing(stream) as events:
+                async for item in events:
+                    if isinstance(item, ExecutionResult):
+                        note = feed.note()
+                        if note is not None:
+                            item.notes.append(note)
+                        body = await self._record(session_id, code, item, started)
+                        feed.finish("result", body)
+                    else:
+                        feed.offer("output", item.to_dict())
+        except Exception as exc:
+            feed.finish("error", self._error_body(exc))
+        finally:
+            feed.close()
+            if feed.lagging:
+                log.info("sse client fell behind", extra={
+                    "session_id": session_id, "missed_events": feed.missed,
+                    "queued_peak_bytes": feed.peak_bytes})
+
+    @staticmethod
+    def _error_body(exc: Exception) -> dict[str, Any]:
+        from api.errors import to_response
+
+        response = to_response(exc)
+        body: dict[str, Any] = json.loads(bytes(response.body))
+        body["error"]["status"] = response.status_code
+        return body
+
+    @staticmethod
+    async def _interrupt_quietly(session: AsyncSession) -> None:
+        with contextlib.suppress(Exception):
+            await session.interrupt()
 
     async def one_shot(self, key_id: str, code: str, timeout_s: float | None,
                        limits: Limits, env: dict[str, str]) -> dict[str, Any]:
@@ -304,16 +352,35 @@ class SandboxService:
                 await self.delete(key_id, out.id)
 
     # -- history ---------------------------------------------------------------------
-    async def notebook(self, key_id: str, session_id: str) -> str:
+    async def notebook(self, key_id: str, session_id: str) -> bytes:
+        """The session's history as an .ipynb, built in a worker thread (a few at once,
+        the rest wait): reading, converting and encoding a large history is seconds of
+        work that would otherwise stall every session on the event loop. Bounded by
+        notebook_max_bytes of stored results and notebook_max_outputs outputs."""
         row = await self.store.get_session(session_id)
         if row is None or row["key_id"] != key_id:
             raise SessionNotFoundError(session_id)
-        history = await self.store.history(session_id)
-        cells = [(h["code"], ExecutionResult.from_dict(h["result"])) for h in history]
-        nb = to_notebook(cells, metadata={"agentbox": {
-            "session": session_id, "created_at": row["created_at"],
-            "closed_at": row["closed_at"], "metadata": row["metadata"]}})
-        return notebook_dumps(nb)
+        meta = {"agentbox": {"session": session_id, "created_at": row["created_at"],
+                             "closed_at": row["closed_at"], "metadata": row["metadata"]}}
+        body: bytes = await anyio.to_thread.run_sync(self._build_notebook, session_id, meta,
+                                                     limiter=self._exports)
+        return body
+
+    def _build_notebook(self, session_id: str, meta: dict[str, Any]) -> bytes:
+        s = self.settings
+        skipped = ("outputs not exported: the notebook reached its limit of "
+                   f"{s.notebook_max_bytes} characters of stored results; the code is kept")
+        cells: list[tuple[str, ExecutionResult | None]] = []
+        for columns, result in self.store.export_rows(session_id, s.notebook_max_bytes):
+            if result is not None:
+                cells.append((columns["code"], ExecutionResult.from_dict(result)))
+                continue
+            cells.append((columns["code"], ExecutionResult(
+                status=columns["status"], execution_count=columns["execution_count"],
+                outputs=[], duration_s=float(columns["duration_ms"] or 0.0) / 1000,
+                truncated=True, notes=[skipped])))
+        nb = notebook_dict(cells, meta, max_outputs=s.notebook_max_outputs)
+        return b"".join(notebook_chunks(nb))
 
     # -- files -----------------------------------------------------------------------
     async def upload(self, key_id: str, session_id: str, path: str, data: bytes) -> None:

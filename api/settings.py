@@ -55,6 +55,22 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024,
                                    description="JSON bodies; uploads have their own limit.")
     notebook_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
+    # What the history keeps (characters of code + result JSON, api/store.py): per
+    # execution, and per key in all (past it, executions are stored as stubs of at most
+    # 8 KiB: status, the code's start, notes). Cuts are said in the result's notes.
+    history_max_execution_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    history_max_bytes_per_key: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
+    # A notebook export reads at most this much stored result JSON and holds at most this
+    # many outputs (later cells keep their code, lose their outputs, and say so); it is
+    # built in a worker thread, this many at once (more wait for a turn).
+    notebook_max_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
+    notebook_max_outputs: int = Field(200_000, ge=100)
+    notebook_export_concurrency: int = Field(2, ge=1, le=64)
+    # Events queued for one event-stream (SSE) client that reads slower than its cell
+    # writes. Past either bound it gets no more live events: a `lagging` event at once,
+    # and the final result (complete, as JSON execute returns it) says how many it missed.
+    sse_queue_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    sse_queue_events: int = Field(10_000, ge=10)
     keepalive_s: float = Field(15.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
 

@@ -3,20 +3,31 @@
 SQLite (WAL) in the data directory by default; any SQLAlchemy URL (PostgreSQL for
 several API processes) otherwise. Writes happen before the HTTP response returns,
 in a worker thread, so the event loop never blocks on the database.
+
+What is written is bounded, since every output in it comes from a box: one
+execution's row holds at most ``max_execution_bytes`` (characters of code and
+result JSON; past it the fields that repeat the outputs go, then outputs from the
+end), and one key's rows at most ``max_key_bytes`` in all (past it each further
+execution is a stub of at most ``STUB_MAX`` characters: status, code's start,
+notes). Every cut is said in the row's ``notes`` and ``truncated``, and to the
+caller. Sizes are counted in characters, as the databases' ``length()`` does.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Float,
     Integer,
@@ -25,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    cast,
     create_engine,
     delete,
     event,
@@ -76,15 +88,128 @@ executions = Table(
     UniqueConstraint("session_id", "seq", name="uq_executions_session_seq"),
 )
 
+# Characters of history each key holds (code + result JSON of its executions), kept in
+# step with every write and purge in the same transaction; counted from the rows the
+# first time a key writes (a database from before this table starts right).
+history_usage = Table(
+    "history_usage", metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("chars", BigInteger, nullable=False),
+)
+
+MiB = 1024 * 1024
+MAX_EXECUTION_BYTES = 16 * MiB
+MAX_KEY_BYTES = 1024 * MiB
+STUB_CODE = 1000  # characters of code a stub keeps
+STUB_NOTES, STUB_NOTE = 10, 500  # notes a stub keeps, and characters of each
+STUB_MAX = 8 * 1024  # what a stub holds at most (code, notes, fields and JSON)
+
+
+def _row_chars(code: str, text: str) -> int:
+    return len(code) + len(text)
+
+
+def _stored_chars() -> Any:
+    """The SQL for a row's size, the way _row_chars counts it."""
+    return func.length(executions.c.code) + func.length(cast(executions.c.result, Text))
+
+
+def _note(result: dict[str, Any], note: str) -> None:
+    result["notes"] = [*list(result.get("notes") or []), note]
+    result["truncated"] = True
+
+
+def fit_execution(code: str, result: dict[str, Any], max_chars: int
+                  ) -> tuple[str, dict[str, Any], str, list[str]]:
+    """The (code, result, result JSON) to store within *max_chars*, and what was cut.
+
+    First the fields that repeat the outputs (stdout, stderr, the error's traceback:
+    ExecutionResult.from_dict rebuilds them from the outputs), then outputs from the
+    end, then the code's tail. Exact: the returned row is never over *max_chars*."""
+    text = json.dumps(result)
+    if _row_chars(code, text) <= max_chars:
+        return code, result, text, []
+    said: list[str] = []
+    slim = dict(result)
+    slim["stdout"], slim["stderr"] = "", ""
+    if isinstance(slim.get("error"), dict):
+        slim["error"] = {**slim["error"], "traceback": []}
+    note = (f"history: this row is capped at {max_chars} characters; the stdout, stderr "
+            "and error fields are not stored (they repeat the outputs)")
+    _note(slim, note)
+    said.append(note)
+    outputs = list(slim.get("outputs") or [])
+    slim["outputs"] = []
+    base = len(json.dumps(slim)) + 400  # + the note below
+    if len(code) + base > max_chars:  # the code alone is too long (a small cap)
+        keep = max(0, max_chars - base - 100)
+        code = code[:keep] + f"\n# [history: {len(code) - keep} characters of code not stored]"
+    room = max_chars - len(code) - base
+    kept: list[Any] = []
+    for out in outputs:
+        size = len(json.dumps(out)) + 2
+        if size > room:
+            break
+        kept.append(out)
+        room -= size
+    slim["outputs"] = kept
+    if len(kept) < len(outputs):
+        note = (f"history: {len(outputs) - len(kept)} of {len(outputs)} outputs not stored, "
+                f"over the per-execution history limit of {max_chars} characters")
+        _note(slim, note)
+        said.append(note)
+    text = json.dumps(slim)
+    if _row_chars(code, text) > max_chars:  # cannot happen (base has room for the note)
+        code, slim, text = stub_execution(code, slim, said[-1])
+    return code, slim, text, said
+
+
+def stub_execution(code: str, result: dict[str, Any], note: str
+                   ) -> tuple[str, dict[str, Any], str]:
+    """What is stored once a key's history is full: the cell ran, so it is recorded,
+    in at most STUB_MAX characters (the history's note first, then what fits)."""
+    if len(code) > STUB_CODE:
+        code = code[:STUB_CODE] + f"\n# [history: {len(code) - STUB_CODE} more " \
+                                  "characters of code not stored]"
+    error = result.get("error")
+    count = result.get("execution_count")
+    duration = result.get("duration_ms")
+    stub: dict[str, Any] = {
+        "status": str(result.get("status", "ok"))[:16],
+        "execution_count": count if isinstance(count, int) else None,
+        "outputs": [], "stdout": "", "stderr": "",
+        "error": {"ename": str(error.get("ename", ""))[:200],
+                  "evalue": str(error.get("evalue", ""))[:500], "traceback": []}
+        if isinstance(error, dict) else None,
+        "duration_ms": float(duration) if isinstance(duration, int | float) else 0.0,
+        "truncated": True, "timeout": None, "death": None,
+        "kernel_restarted": bool(result.get("kernel_restarted", False)),
+        "notes": [note[:STUB_NOTE]] + [str(n)[:STUB_NOTE] for n in
+                                       list(result.get("notes") or [])[:STUB_NOTES]],
+    }
+    text = json.dumps(stub)
+    # JSON escapes can make a short text long: drop notes, then the error, until it fits.
+    while _row_chars(code, text) > STUB_MAX and len(stub["notes"]) > 1:
+        stub["notes"].pop()
+        text = json.dumps(stub)
+    if _row_chars(code, text) > STUB_MAX:
+        stub["error"] = None
+        text = json.dumps(stub)
+    return code, stub, text
+
 
 class HistoryStore:
     """Called by the API routes: record sessions and executions, read them back."""
 
-    def __init__(self, url: str, server_id: str | None = None) -> None:
+    def __init__(self, url: str, server_id: str | None = None, *,
+                 max_execution_bytes: int = MAX_EXECUTION_BYTES,
+                 max_key_bytes: int = MAX_KEY_BYTES) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.server_id = server_id
+        self.max_execution_bytes = max(max_execution_bytes, STUB_MAX)
+        self.max_key_bytes = max_key_bytes
         self.engine: Engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -122,35 +247,96 @@ class HistoryStore:
         await anyio.to_thread.run_sync(self._close_session, session_id, time.time())
 
     def _add_execution(self, session_id: str, code: str, result: dict[str, Any],
-                       started_at: float) -> int:
+                       started_at: float, said: list[str] | None = None) -> int:
+        code, result, text, cut = fit_execution(code, result, self.max_execution_bytes)
         # seq is max+1; the unique constraint turns a race between two writers (two API
         # processes) into a retry instead of a duplicate number.
         for _ in range(20):
             try:
                 with self.engine.begin() as conn:
+                    row_code, row, notes = self._within_key_quota(
+                        conn, session_id, code, result, text)
                     seq = conn.execute(
                         select(func.coalesce(func.max(executions.c.seq), 0))
                         .where(executions.c.session_id == session_id)).scalar_one() + 1
                     conn.execute(insert(executions).values(
-                        session_id=session_id, seq=seq, code=code, status=result["status"],
-                        execution_count=result.get("execution_count"), result=result,
-                        started_at=started_at, duration_ms=result.get("duration_ms", 0.0)))
+                        session_id=session_id, seq=seq, code=row_code, status=row["status"],
+                        execution_count=row.get("execution_count"), result=row,
+                        started_at=started_at, duration_ms=row.get("duration_ms", 0.0)))
+                    if said is not None:
+                        said.extend(cut + notes)
                     return int(seq)
             except IntegrityError:
                 time.sleep(random.random() * 0.01)  # noqa: S311 - jitter, not crypto
         raise RuntimeError(f"could not number an execution of {session_id}")
 
+    def _within_key_quota(self, conn: Any, session_id: str, code: str, result: dict[str, Any],
+                          text: str) -> tuple[str, dict[str, Any], list[str]]:
+        """The row itself if the key's history has room for it, else a stub; the key's
+        count goes up by what is written."""
+        key_id = conn.execute(select(sessions.c.key_id)
+                              .where(sessions.c.id == session_id)).scalar()
+        if key_id is None:  # a session this store never saw: nobody to count against
+            return code, result, []
+        used = self._key_usage(conn, key_id)
+        size = _row_chars(code, text)
+        notes: list[str] = []
+        if used + size > self.max_key_bytes:
+            note = (f"history: this key's history is full ({used} of its {self.max_key_bytes}"
+                    " characters): only the start of the code, the status and the notes of "
+                    "this execution are stored; closed sessions free it when their retention "
+                    "ends")
+            code, result, text = stub_execution(code, result, note)
+            size = _row_chars(code, text)
+            notes.append(note)
+        conn.execute(update(history_usage).where(history_usage.c.key_id == key_id)
+                     .values(chars=history_usage.c.chars + size))
+        return code, result, notes
+
+    @staticmethod
+    def _key_usage(conn: Any, key_id: str) -> int:
+        used = conn.execute(select(history_usage.c.chars)
+                            .where(history_usage.c.key_id == key_id)).scalar()
+        if used is not None:
+            return int(used)
+        counted = conn.execute(
+            select(func.coalesce(func.sum(_stored_chars()), 0))
+            .select_from(executions.join(sessions, executions.c.session_id == sessions.c.id))
+            .where(sessions.c.key_id == key_id)).scalar_one()
+        # A concurrent first write of the same key makes this an IntegrityError: retried.
+        conn.execute(insert(history_usage).values(key_id=key_id, chars=int(counted)))
+        return int(counted)
+
     async def add_execution(self, session_id: str, code: str, result: dict[str, Any],
-                            started_at: float) -> int:
+                            started_at: float, said: list[str] | None = None) -> int:
+        """Record one execution; what the history's caps cut is appended to *said*."""
         seq: int = await anyio.to_thread.run_sync(self._add_execution, session_id, code,
-                                                  result, started_at)
+                                                  result, started_at, said)
         return seq
+
+    def key_usage(self, key_id: str) -> int:
+        """Characters of history *key_id* holds (0 for a key that never wrote)."""
+        with self.engine.connect() as conn:
+            used = conn.execute(select(history_usage.c.chars)
+                                .where(history_usage.c.key_id == key_id)).scalar()
+            return int(used or 0)
 
     def _purge(self, before: float) -> int:
         with self.engine.begin() as conn:
             old = [r.id for r in conn.execute(select(sessions.c.id).where(
                 sessions.c.closed_at.is_not(None), sessions.c.closed_at < before))]
             if old:
+                freed = conn.execute(
+                    select(sessions.c.key_id, func.sum(_stored_chars()))
+                    .select_from(executions.join(sessions,
+                                                 executions.c.session_id == sessions.c.id))
+                    .where(sessions.c.id.in_(old)).group_by(sessions.c.key_id)).all()
+                for key_id, chars in freed:
+                    conn.execute(update(history_usage)
+                                 .where(history_usage.c.key_id == key_id)
+                                 .values(chars=history_usage.c.chars - int(chars or 0)))
+                conn.execute(update(history_usage).where(history_usage.c.chars < 0)
+                             .values(chars=0))
                 conn.execute(delete(executions).where(executions.c.session_id.in_(old)))
                 conn.execute(delete(sessions).where(sessions.c.id.in_(old)))
             return len(old)
@@ -218,6 +404,32 @@ class HistoryStore:
     async def history(self, session_id: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = await anyio.to_thread.run_sync(self._history, session_id)
         return rows
+
+    def export_rows(self, session_id: str, max_chars: int
+                    ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """For a notebook export, in a worker thread: each execution's columns, with its
+        result only while the results read so far stay within *max_chars* (None after:
+        the cell is exported without outputs). Results are read one at a time, so an
+        export holds at most *max_chars* of them, whatever the history holds."""
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(
+                select(executions.c.id, executions.c.seq, executions.c.code,
+                       executions.c.status, executions.c.execution_count,
+                       executions.c.duration_ms,
+                       func.length(cast(executions.c.result, Text)).label("chars"))
+                .where(executions.c.session_id == session_id).order_by(executions.c.seq))]
+            budget = max_chars
+            for row in rows:
+                chars = int(row.pop("chars") or 0)
+                if chars > budget:
+                    budget = -1  # spent: no later cell gets outputs either
+                if budget < 0:
+                    yield row, None
+                    continue
+                budget -= chars
+                result = conn.execute(select(executions.c.result)
+                                      .where(executions.c.id == row["id"])).scalar_one()
+                yield row, result
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -244,9 +244,10 @@ class OutputAssembler:
     def _full(self) -> bool:
         return len(self.outputs) >= self.max_outputs
 
-    def _drop_output(self, size: int) -> None:
+    def _drop_output(self) -> None:
+        """An output not kept at all (over max_outputs, or not even a placeholder fits)."""
         self.dropped_outputs += 1
-        self._mark_dropped(size)
+        self.truncated = True
 
     def _mark_dropped(self, n: int) -> None:
         self.truncated = True
@@ -262,8 +263,8 @@ class OutputAssembler:
         merge = isinstance(last, StreamOutput) and last.name == name
         size = _utf8_len(text)
         if not merge and self._full():
-            self._lose_stream(name, size)
-            self.dropped_outputs += 1
+            self._stream_dropped[name] = self._stream_dropped.get(name, 0) + size
+            self._drop_output()
             return []
         room = self.max_bytes - 2 * self._reserve - self.stream_bytes
         if size > room:
@@ -320,11 +321,11 @@ class OutputAssembler:
         bundle = self._bundle(content)
         self._before_output()
         if self._full():
-            self._drop_output(_bundle_size(bundle[0]) + _bundle_size(bundle[1]))
+            self._drop_output()
             return []
         admitted = self._admit(*bundle)
         if admitted is None:
-            self.dropped_outputs += 1
+            self._drop_output()
             return []
         data, metadata, size = admitted
         transient = content.get("transient") or {}
@@ -351,7 +352,7 @@ class OutputAssembler:
         freed = sum(self._sizes[i] for i in targets)
         admitted = self._admit(data, metadata, freed=freed, copies=len(targets))
         if admitted is None:  # not even placeholders fit: the old displays stay
-            self.dropped_outputs += 1
+            self._drop_output()
             return []
         data, metadata, size = admitted
         self.rich_bytes += size * len(targets) - freed
@@ -389,11 +390,11 @@ class OutputAssembler:
             raise TypeError("traceback must be a list")
         self._before_output()
         if self._full():
-            self._drop_output(_error_size(ename[:MAX_ENAME], evalue[:MAX_EVALUE], []))
+            self._drop_output()
             return []
         out = self._fit_error(ename, evalue, traceback)
         if out is None:
-            self.dropped_outputs += 1
+            self._drop_output()
             return []
         size = output_size(out)
         self._append(out, size)
@@ -405,7 +406,6 @@ class OutputAssembler:
         budget (name, value, then whole traceback lines), with a line saying the rest."""
         room = self.max_bytes - self.rich_bytes
         if room <= 0:
-            self._mark_dropped(_utf8_len(ename[:MAX_ENAME]) + _utf8_len(evalue[:MAX_EVALUE]))
             return None
         name = _cut_utf8(strip_ansi(ename[:MAX_ENAME * 4])[:MAX_ENAME], room)
         room -= _utf8_len(name)
@@ -446,7 +446,7 @@ class OutputAssembler:
         for name, dropped in self._stream_dropped.items():
             self._mark_stream(name, dropped)
         self._stream_dropped.clear()
-        if self.truncated:
+        if self.dropped_bytes:
             self.notes.append(
                 f"output truncated: {human_bytes(self.dropped_bytes)} beyond the "
                 f"{human_bytes(self.max_bytes)} per-execution limit (for stream text, and "
