@@ -57,7 +57,10 @@ RETRY_AFTER: list[tuple[type[Exception], int]] = [
     (CapacityError, 5), (EngineUnavailableError, 5), (SessionStartError, 2)]
 FILE_CODES = {"not_found": 404, "too_large": 413, "is_directory": 409, "symlink": 403,
               "not_a_file": 409, "not_a_directory": 409, "no_space": 507,
-              "unsafe_path": 400}
+              "unsafe_path": 400,
+              # the session's file operations: too many at once; the box did not finish one
+              # by the host's deadline; earlier ones it stopped still hold the box
+              "busy": 429, "timeout": 504, "stuck": 409}
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:

@@ -61,7 +61,8 @@ class SandboxService:
                  store: HistoryStore | None = None) -> None:
         self.settings = settings
         self.defaults = SandboxConfig(execution_timeout_s=settings.default_execution_timeout_s,
-                                      max_upload_bytes=settings.max_upload_bytes)
+                                      max_upload_bytes=settings.max_upload_bytes,
+                                      file_timeout_s=settings.file_timeout_s)
         self.manager = manager or SessionManager(ManagerConfig(
             max_sessions=settings.max_sessions, pool_size=settings.pool_size,
             max_concurrent_starts=settings.max_concurrent_starts,
@@ -383,7 +384,8 @@ class SandboxService:
         return b"".join(notebook_chunks(nb))
 
     # -- files -----------------------------------------------------------------------
-    async def upload(self, key_id: str, session_id: str, path: str, data: bytes) -> None:
+    async def upload(self, key_id: str, session_id: str, path: str,
+                     data: bytes | AsyncIterator[bytes]) -> None:
         await self.session(key_id, session_id).upload(path, data)
 
     async def download(self, key_id: str, session_id: str, path: str) -> bytes:

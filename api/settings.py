@@ -52,6 +52,8 @@ class Settings(BaseSettings):
 
     max_code_bytes: int = Field(1024 * 1024, ge=1)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    file_timeout_s: float = Field(60.0, gt=0, le=3600, description="A file operation the "
+                                  "box does not finish by then (host clock) is a 504.")
     max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024,
                                    description="JSON bodies; uploads have their own limit.")
     notebook_retention_s: float = Field(7 * 24 * 3600.0, gt=0)

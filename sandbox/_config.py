@@ -97,6 +97,13 @@ class SandboxConfig(BaseModel):
     # Files.
     max_upload_bytes: int = Field(100 * MiB, ge=1, le=16 * 1024 * MiB)
     max_download_bytes: int = Field(100 * MiB, ge=1, le=16 * 1024 * MiB)
+    # A file operation runs a helper inside the box, which the box can stop or slow down:
+    # each one is cut at file_timeout_s measured on the host (a wait for a turn, too), and
+    # a session runs at most max_file_ops at once with at most max_file_queue waiting
+    # (more: a "busy" error at once), so one box cannot hold what other sessions need.
+    file_timeout_s: float = Field(60.0, gt=0, le=3600)
+    max_file_ops: int = Field(4, ge=1, le=64)
+    max_file_queue: int = Field(16, ge=0, le=1024)
 
     @field_validator("env")
     @classmethod

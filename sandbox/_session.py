@@ -31,7 +31,7 @@ import signal
 import socket
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +170,7 @@ class AsyncSession:
         self._death: KernelDeath | None = None
         self._container_suspect = False
         self._active_msg: str | None = None
-        self._files = FileOps(self.runtime, self.config.user)
+        self._files = FileOps(self.runtime, self.config, self._container_for_files)
         self._background: set[asyncio.Task[Any]] = set()
         self._draining: asyncio.Task[Any] | None = None
 
@@ -688,27 +688,29 @@ class AsyncSession:
                                    "or restart to get a new one", session_id=self.id)
         return self._container_id
 
-    async def upload(self, path: str, data: bytes | str) -> None:
-        """Write *data* to *path* in the working directory (parents created)."""
-        payload = data.encode() if isinstance(data, str) else bytes(data)
-        await self._files.write(self._container_for_files(), path, payload,
-                                self.config.max_upload_bytes)
+    # Each is bounded per session and cut at config.file_timeout_s on the host's clock
+    # (FileOperationError "busy", "timeout"), whatever the box does to the helper.
+    async def upload(self, path: str, data: bytes | str | AsyncIterable[bytes]) -> None:
+        """Write *data* to *path* in the working directory (parents created). Chunks
+        (an async iterable) are read only once the session's turn for files has come."""
+        payload = (data.encode() if isinstance(data, str)
+                   else data if isinstance(data, AsyncIterable) else bytes(data))
+        await self._files.write(path, payload, self.config.max_upload_bytes)
         self.last_used = time.monotonic()
 
     async def download(self, path: str) -> bytes:
         """The bytes of the regular file *path* (symlinks are refused)."""
-        data = await self._files.read(self._container_for_files(), path,
-                                      self.config.max_download_bytes)
+        data = await self._files.read(path, self.config.max_download_bytes)
         self.last_used = time.monotonic()
         return data
 
     async def list_files(self, path: str = "") -> list[FileInfo]:
         """Files and directories under *path* (recursive), symlinks not followed."""
-        return await self._files.list(self._container_for_files(), path)
+        return await self._files.list(path)
 
     async def delete_file(self, path: str) -> None:
         """Remove a file, symlink or directory tree under the working directory."""
-        await self._files.delete(self._container_for_files(), path)
+        await self._files.delete(path)
 
     # -- close ---------------------------------------------------------------------------
     async def close(self) -> None:

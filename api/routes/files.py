@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Request, Response
 
 from api.deps import Key, Service
@@ -12,7 +14,11 @@ router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"],
                    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
                               404: {"model": ErrorResponse},
                               # a directory where a file is meant, or the other way round
-                              409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+                              409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                              # busy: the session's file operations are all taken, and
+                              # its line is full; timeout: the box did not finish one by
+                              # the host's deadline (file_timeout_s)
+                              429: {"model": ErrorResponse}, 504: {"model": ErrorResponse}})
 
 # The body of an upload is the file's raw bytes, read as a stream (not a form).
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
@@ -35,13 +41,18 @@ async def upload(service: Service, key: Key, session_id: str, path: str,
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
     service.session(key, session_id)  # 404 before reading a body for nothing
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    await service.upload(key, session_id, path, b"".join(chunks))
+
+    async def body() -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
+            yield chunk
+
+    # The body is read once the session's turn for file operations has come: uploads
+    # waiting in line (bounded per session) hold no memory.
+    await service.upload(key, session_id, path, body())
     return Response(status_code=204)
 
 
