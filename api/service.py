@@ -12,7 +12,8 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,10 @@ from sandbox import (
 from sandbox._notebook import notebook_chunks, notebook_dict
 
 log = logging.getLogger("agentbox.api")
+# Retry-After (seconds) on refusals that a later retry can pass: a full server or key
+# frees a place when a session is closed or reaped; a stopping server is replaced.
+RETRY_CAPACITY_S = 5
+RETRY_SHUTDOWN_S = 10
 
 
 @dataclass
@@ -82,6 +87,10 @@ class SandboxService:
         self.stale_after_s = max(60.0, 6 * settings.reaper_interval_s)
         self.metrics = Metrics()
         self.owned: dict[str, Owned] = {}
+        # Creates that passed the capacity check and have not yet become an Owned (their
+        # container is starting): counted against the key and the server at once, so
+        # concurrent creates cannot all pass the check before any of them is recorded.
+        self.reserved: Counter[str] = Counter()
         self._janitor: asyncio.Task[None] | None = None
         self.accepting = True
 
@@ -172,30 +181,57 @@ class SandboxService:
         return (config, asked.get("idle_timeout_s", s.default_idle_timeout_s),
                 asked.get("max_lifetime_s", s.default_lifetime_s))
 
+    def _live(self) -> list[Owned]:
+        """Owned sessions that still hold a container (a reaped one waits for the janitor
+        to forget it, but no longer counts against anyone's cap)."""
+        return [o for o in self.owned.values()
+                if o.session is not None and o.session.state is not SessionState.CLOSED]
+
     def _check_capacity(self, key_id: str) -> None:
         if not self.accepting:
-            raise ApiError(503, "shutting_down", "the server is shutting down")
-        mine = sum(1 for o in self.owned.values() if o.key_id == key_id)
+            raise ApiError(503, "shutting_down", "the server is shutting down",
+                           headers={"Retry-After": str(RETRY_SHUTDOWN_S)})
+        live = self._live()
+        mine = sum(1 for o in live if o.key_id == key_id) + self.reserved[key_id]
         if mine >= self.settings.max_sessions_per_key:
-            raise ApiError(429, "capacity", f"this key already has {mine} sessions, the "
-                           f"maximum per key; close one (DELETE /v1/sessions/{{id}})")
-        if len(self.owned) >= self.settings.max_sessions:
+            raise ApiError(429, "capacity", f"this key already has {mine} sessions (open or "
+                           f"starting), the maximum per key; close one "
+                           f"(DELETE /v1/sessions/{{id}})",
+                           headers={"Retry-After": str(RETRY_CAPACITY_S)})
+        if len(live) + self.reserved.total() >= self.settings.max_sessions:
             raise ApiError(429, "capacity", f"the server runs its maximum of "
-                           f"{self.settings.max_sessions} sessions; retry later")
+                           f"{self.settings.max_sessions} sessions (open or starting); "
+                           "retry later", headers={"Retry-After": str(RETRY_CAPACITY_S)})
+
+    @contextlib.contextmanager
+    def _reservation(self, key_id: str) -> Iterator[None]:
+        """Check the caps and hold a place for one session of *key_id* until the block
+        ends. Check and count happen in one step of the event loop (no await between),
+        so the caps hold exactly under any concurrency; a failed or cancelled start
+        gives its place back."""
+        self._check_capacity(key_id)
+        self.reserved[key_id] += 1
+        try:
+            yield
+        finally:
+            self.reserved[key_id] -= 1
+            if self.reserved[key_id] <= 0:
+                del self.reserved[key_id]
 
     async def create(self, key_id: str, body: CreateSession, one_shot: bool = False
                      ) -> SessionOut:
         config, idle, lifetime = self._config_for(body.limits, body.env)
-        self._check_capacity(key_id)
-        session = await self.manager.create(config, idle_timeout_s=idle,
-                                            max_lifetime_s=lifetime)
-        limits = {"memory_mb": config.memory_mb, "cpus": config.cpus, "pids": config.pids,
-                  "execution_timeout_s": config.execution_timeout_s,
-                  "idle_timeout_s": idle, "max_lifetime_s": lifetime}
-        owned = Owned(key_id=key_id, created_at=session.created_at, limits=limits,
-                      metadata=dict(body.metadata), one_shot=one_shot,
-                      from_pool=session.from_pool, session=session)
-        self.owned[session.id] = owned
+        with self._reservation(key_id):
+            session = await self.manager.create(config, idle_timeout_s=idle,
+                                                max_lifetime_s=lifetime)
+            limits = {"memory_mb": config.memory_mb, "cpus": config.cpus, "pids": config.pids,
+                      "execution_timeout_s": config.execution_timeout_s,
+                      "idle_timeout_s": idle, "max_lifetime_s": lifetime}
+            owned = Owned(key_id=key_id, created_at=session.created_at, limits=limits,
+                          metadata=dict(body.metadata), one_shot=one_shot,
+                          from_pool=session.from_pool, session=session)
+            # Recorded before the reservation is given back (no await in between).
+            self.owned[session.id] = owned
         await self.store.add_session(session.id, key_id, limits, owned.metadata, one_shot)
         self.metrics.sessions_active.set(len(self.owned))
         log.info("session created", extra={"session_id": session.id, "key_id": key_id,
