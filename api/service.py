@@ -31,8 +31,10 @@ from sandbox import (
     ConfigError,
     ExecutionResult,
     FileInfo,
+    FileOperationError,
     ManagerConfig,
     SandboxConfig,
+    SandboxError,
     SessionBusyError,
     SessionManager,
     SessionNotFoundError,
@@ -259,12 +261,63 @@ class SandboxService:
                 and o.session.state is not SessionState.CLOSED
                 and all(o.metadata.get(k) == v for k, v in metadata.items())]
 
-    async def delete(self, key_id: str, session_id: str) -> None:
+    def get(self, key_id: str, session_id: str) -> SessionOut:
         self.session(key_id, session_id)
+        return self.describe(session_id, self.owned[session_id])
+
+    def _owned_after(self, key_id: str, session_id: str) -> SessionOut:
+        """The session's description after an await: a delete (or the reaper) may have
+        taken it meanwhile, which is a 404 like any other closed session."""
+        owned = self.owned.get(session_id)
+        if owned is None or owned.key_id != key_id or owned.session is None \
+                or owned.session.state is SessionState.CLOSED:
+            raise SessionNotFoundError(session_id)
+        return self.describe(session_id, owned)
+
+    @contextlib.contextmanager
+    def _unless_cut(self, session_id: str, session: AsyncSession) -> Iterator[None]:
+        """An operation cut short by another route on the same session says so: a 404
+        when a delete (or the reaper) closed the session while it ran, a 409 when a
+        restart ended every process in the box under it; not whatever the vanished
+        container or killed file helper made of it (a 400 "failed", an engine 500)."""
+        generation = session.generation
+        try:
+            yield
+        except (SessionNotFoundError, SessionBusyError, ApiError):
+            raise
+        except SandboxError as exc:
+            if session.state is SessionState.CLOSED or session_id not in self.owned:
+                raise SessionNotFoundError(session_id) from exc
+            generic = not isinstance(exc, FileOperationError) or exc.code == "failed"
+            if generic and (session.restarting or session.generation != generation):
+                raise ApiError(409, "session_restarting", f"session {session_id} was "
+                               "restarted while this operation ran (a restart ends every "
+                               "process in the box); retry it") from exc
+            raise
+
+    async def restart(self, key_id: str, session_id: str) -> SessionOut:
+        session = self.session(key_id, session_id)
+        with self._unless_cut(session_id, session):
+            await session.restart()
+        return self._owned_after(key_id, session_id)
+
+    async def interrupt(self, key_id: str, session_id: str) -> None:
+        session = self.session(key_id, session_id)
+        with self._unless_cut(session_id, session):
+            await session.interrupt()
+
+    async def delete(self, key_id: str, session_id: str) -> None:
+        session = self.session(key_id, session_id)
+        # Taken from the table first, in the same step as the check: a second delete,
+        # or any other route, from now on gets 404.
         self.owned.pop(session_id, None)
-        await self.manager.close(session_id)
-        await self.store.close_session(session_id)
-        self.metrics.sessions_active.set(len(self.owned))
+        try:
+            await self.manager.close(session_id)
+        except SessionNotFoundError:
+            await session.close()  # the reaper took it from the manager first
+        finally:
+            await self.store.close_session(session_id)
+            self.metrics.sessions_active.set(len(self.owned))
 
     # -- execution -------------------------------------------------------------------
     def _check_code(self, code: str, timeout_s: float | None) -> None:
@@ -422,13 +475,21 @@ class SandboxService:
     # -- files -----------------------------------------------------------------------
     async def upload(self, key_id: str, session_id: str, path: str,
                      data: bytes | AsyncIterator[bytes]) -> None:
-        await self.session(key_id, session_id).upload(path, data)
+        session = self.session(key_id, session_id)
+        with self._unless_cut(session_id, session):
+            await session.upload(path, data)
 
     async def download(self, key_id: str, session_id: str, path: str) -> bytes:
-        return await self.session(key_id, session_id).download(path)
+        session = self.session(key_id, session_id)
+        with self._unless_cut(session_id, session):
+            return await session.download(path)
 
     async def list_files(self, key_id: str, session_id: str, path: str = "") -> list[FileInfo]:
-        return await self.session(key_id, session_id).list_files(path)
+        session = self.session(key_id, session_id)
+        with self._unless_cut(session_id, session):
+            return await session.list_files(path)
 
     async def delete_file(self, key_id: str, session_id: str, path: str) -> None:
-        await self.session(key_id, session_id).delete_file(path)
+        session = self.session(key_id, session_id)
+        with self._unless_cut(session_id, session):
+            await session.delete_file(path)

@@ -189,6 +189,17 @@ class AsyncSession:
         return self._exec_lock.locked()
 
     @property
+    def generation(self) -> int:
+        """Kernels started so far (a restart or a replaced container adds one): an
+        operation that saw it change was cut short by a restart."""
+        return self._generation
+
+    @property
+    def restarting(self) -> bool:
+        """Whether a kernel is being started, replaced or torn down right now."""
+        return self._life_lock.locked()
+
+    @property
     def death(self) -> KernelDeath | None:
         """Why the kernel died, while the session is ``dead``."""
         return self._death
@@ -439,7 +450,13 @@ class AsyncSession:
     async def interrupt(self) -> None:
         """Send SIGINT to the kernel (KeyboardInterrupt in the running cell)."""
         self._check_open()
-        await self._send_interrupt()
+        if self._life_lock.locked():
+            # A kernel is being started, replaced or torn down: no cell runs in it, and
+            # a SIGINT now would kill the new kernel before it installs its handler (the
+            # restart then waited out start_timeout_s and replaced the container).
+            return
+        async with self._life_lock:  # free: taken at once; a restart now waits for it
+            await self._send_interrupt()
 
     def _detach(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
@@ -542,11 +559,14 @@ class AsyncSession:
         t_start = time.monotonic()
         notes: list[str] = []
         restarted = False
-        if self._state is SessionState.DEAD:
-            async with self._life_lock:
-                if self._state is SessionState.DEAD:
-                    await self._recover(notes)
-                    restarted = True
+        # Under the life lock: a restart or close in progress ends first, so that the
+        # cell runs on the new kernel (or gets SessionClosedError) instead of finding
+        # no kernel at all half-way through a restart.
+        async with self._life_lock:
+            self._check_open()
+            if self._state is SessionState.DEAD:
+                await self._recover(notes)
+                restarted = True
         kernel = self._kernel
         if kernel is None:
             raise SessionLostError(f"session {self.id} has no kernel", session_id=self.id)

@@ -13,7 +13,12 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
 
 @router.post("", status_code=201, response_model=SessionOut,
              responses={400: {"model": ErrorResponse, "description": "The body is not JSON"},
-                        422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+                        422: {"model": ErrorResponse},
+                        429: {"model": ErrorResponse, "description": "The key or the server "
+                              "has its maximum of sessions (open or starting); Retry-After"},
+                        503: {"model": ErrorResponse, "description": "Too many sessions are "
+                              "starting (start_queue_full), or the start failed; "
+                              "Retry-After"}})
 async def create_session(service: Service, key: Key, body: CreateSession | None = None
                          ) -> SessionOut:
     return await service.create(key, body or CreateSession())
@@ -29,8 +34,7 @@ async def list_sessions(service: Service, key: Key, request: Request) -> Session
 
 @router.get("/{session_id}", response_model=SessionOut)
 async def get_session(service: Service, key: Key, session_id: str) -> SessionOut:
-    service.session(key, session_id)
-    return service.describe(session_id, service.owned[session_id])
+    return service.get(key, session_id)
 
 
 @router.delete("/{session_id}", status_code=204)
@@ -41,14 +45,14 @@ async def delete_session(service: Service, key: Key, session_id: str) -> Respons
 
 @router.post("/{session_id}/interrupt", status_code=204)
 async def interrupt(service: Service, key: Key, session_id: str) -> Response:
-    await service.session(key, session_id).interrupt()
+    await service.interrupt(key, session_id)
     return Response(status_code=204)
 
 
 @router.post("/{session_id}/restart", response_model=SessionOut)
 async def restart(service: Service, key: Key, session_id: str) -> SessionOut:
-    await service.session(key, session_id).restart()
-    return service.describe(session_id, service.owned[session_id])
+    """A fresh kernel, files kept. A restart that a delete overtakes ends in 404."""
+    return await service.restart(key, session_id)
 
 
 @router.get("/{session_id}/notebook", response_class=Response,
