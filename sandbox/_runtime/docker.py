@@ -3,7 +3,9 @@
 This module and :mod:`sandbox._runtime.engine` are the only places that touch
 ``docker`` errors; everything leaves here as a :class:`SandboxError`. The SDK
 is blocking, so every call runs in a worker thread and sessions never block
-one another or the event loop.
+one another or the event loop. Commands run in a box (``exec``) are the box's
+to stall: their calls have a pool of their own and host deadlines, and their
+output is read on the event loop, so no worker ever waits on a box (see exec).
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class DockerRuntime(Runtime):
         # Commands the host gave up on (container id -> exec ids), see exec().
         self._abandoned: dict[str, set[str]] = {}
         self._wedged: dict[str, concurrent.futures.Future[Any]] = {}
+        self._engine_down: dict[str, tuple[float, str]] = {}  # container -> (when, why)
         self._control_locks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
         self._control_workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._io_workers: concurrent.futures.ThreadPoolExecutor | None = None
@@ -219,6 +222,7 @@ class DockerRuntime(Runtime):
         # Its commands went with it.
         self._abandoned.pop(container_id, None)
         self._wedged.pop(container_id, None)
+        self._engine_down.pop(container_id, None)
         self._control_locks.pop(container_id, None)
 
     async def list(self, labels: dict[str, str]) -> builtins.list[ContainerSummary]:
@@ -314,12 +318,22 @@ class DockerRuntime(Runtime):
         timeout); nothing more is asked about it until that call has returned."""
         self._check_wedged(container_id)
         job: concurrent.futures.Future[Any] | None = None
-        cut = asyncio.timeout(max(0.0, deadline - time.monotonic()))
+        asked = time.monotonic()
+        cut = asyncio.timeout(max(0.0, deadline - asked))
         try:
             async with cut, self._control_lock(container_id):
                 self._check_wedged(container_id)
+                failed = self._engine_down.get(container_id)
+                if failed is not None and failed[0] >= asked:
+                    # The engine did not answer the call this one waited behind: neither
+                    # would it answer this one now, so say so at once, not a timeout later.
+                    raise EngineUnavailableError(failed[1])
                 job = self._control_pool().submit(_guarded, what, fn, *args, **kwargs)
-                return await asyncio.wrap_future(job)
+                try:
+                    return await asyncio.wrap_future(job)
+                except EngineUnavailableError as exc:
+                    self._engine_down[container_id] = (time.monotonic(), str(exc))
+                    raise
         except TimeoutError:
             if not cut.expired():  # the call's own (a socket's) timeout, not the deadline
                 raise FileOperationError(f"{what}: the engine timed out", "failed") from None
