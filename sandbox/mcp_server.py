@@ -586,19 +586,26 @@ class SessionGuard:
         opened: list[str] = []
 
         async def watch(message: "Message") -> None:
-            if message["type"] == "http.response.start" and message["status"] < 400:
-                for key, value in message.get("headers", []):
-                    if key.lower() == b"mcp-session-id":
-                        opened.append(value.decode("latin-1"))
-                        self._sessions[opened[0]] = _Tracked(time.monotonic())
+            if message["type"] == "http.response.start" and not opened:
+                ids = [v.decode("latin-1") for k, v in message.get("headers", [])
+                       if k.lower() == b"mcp-session-id"]
+                if message["status"] < 400 and ids:
+                    # Counted as a session from here on, no longer as an opening (the
+                    # answer may stream for a while yet).
+                    opened.append(ids[0])
+                    self._sessions[ids[0]] = _Tracked(time.monotonic(), in_flight=1)
+                    self._opening -= 1
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
-            self._opening -= 1
-            if opened and opened[0] in self._sessions:
-                self._sessions[opened[0]].last_active = time.monotonic()
+            tracked = self._sessions.get(opened[0]) if opened else None
+            if tracked is not None:
+                tracked.in_flight -= 1
+                tracked.last_active = time.monotonic()
+            elif not opened:
+                self._opening -= 1
 
     async def _in_session(self, session_id: str, scope: "Scope", receive: "Receive",
                           send: "Send") -> None:

@@ -68,10 +68,12 @@ def server_pids() -> list[int]:
     return found
 
 
-def containers_of(engine: Any, pid: int) -> list[Any]:
-    found: list[Any] = engine.containers.list(all=True, filters={
+def containers_of(engine: Any, pid: int) -> list[str]:
+    """Ids of the server's containers (the low-level list: no inspect of each, which
+    races a removal)."""
+    found = engine.api.containers(all=True, filters={
         "label": [f"{LABEL_APP}=agentbox", f"{LABEL_OWNER_PID}={pid}"]})
-    return found
+    return [str(c["Id"]) for c in found]
 
 
 def gone(pid: int) -> bool:
