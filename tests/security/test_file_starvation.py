@@ -126,10 +126,10 @@ async def others_meanwhile(b: AsyncSession, attack: list[asyncio.Task[Any]]
 
 async def test_a_box_that_stops_its_file_helpers_cannot_starve_another_session(
         runtime: str) -> None:
-    attacker = SandboxConfig(runtime=runtime, file_timeout_s=DEADLINE_S,  # type: ignore[arg-type]
+    attacker = SandboxConfig(runtime=runtime, file_timeout_s=DEADLINE_S,
                              max_file_ops=RUNNING, max_file_queue=0)
     async with AsyncSession(attacker) as a, \
-            AsyncSession(SandboxConfig(runtime=runtime)) as b:  # type: ignore[arg-type]
+            AsyncSession(SandboxConfig(runtime=runtime)) as b:
         await a.upload("f.bin", b"A" * 1000)
         await run_ok(b, "1+1")  # warm: B's first cell is not part of the measure
         await run_ok(a, STOPPER)
@@ -167,7 +167,7 @@ async def test_a_box_that_stops_its_file_helpers_cannot_starve_another_session(
 def pump(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
          ) -> list[tuple[str, float]]:
     """How the exec stream is read: on the event loop (Unix/TCP engine sockets) or by the
-    blocking fallback (TLS/SSH), forced here on the real Unix socket. Yields the log of
+    blocking fallback (TLS/SSH), forced here on the real Unix socket. Returns the log of
     the fallback's worker: ("start"/"end", time)."""
     log: list[tuple[str, float]] = []
     if request.param == "thread":
@@ -205,7 +205,7 @@ PY = "/opt/venv/bin/python"
 
 async def test_every_wait_on_a_command_in_the_box_is_cut_at_the_hosts_deadline(
         runtime: str, pump: list[tuple[str, float]]) -> None:
-    async with AsyncSession(SandboxConfig(runtime=runtime)) as box:  # type: ignore[arg-type]
+    async with AsyncSession(SandboxConfig(runtime=runtime)) as box:
         ok = await exec_in(box, ["cat"], stdin=b"through the pump")
         assert (ok.exit_code, ok.stdout) == (0, b"through the pump")
         # Never writes, never exits: the read is cut.
@@ -247,7 +247,7 @@ async def test_a_caller_that_leaves_releases_the_fallbacks_worker_at_once(
 
     monkeypatch.setattr(docker_runtime, "_loop_capable", lambda raw: False)
     monkeypatch.setattr(docker_runtime, "_pump_blocking", recorded)
-    async with AsyncSession(SandboxConfig(runtime=runtime)) as box:  # type: ignore[arg-type]
+    async with AsyncSession(SandboxConfig(runtime=runtime)) as box:
         call = asyncio.create_task(exec_in(box, ["sleep", "30"], timeout_s=30))
         assert await asyncio.to_thread(entered.wait, 30)
         t0 = time.monotonic()
@@ -262,7 +262,7 @@ async def test_a_caller_that_leaves_releases_the_fallbacks_worker_at_once(
 async def test_a_box_cannot_pile_up_commands_it_stopped(runtime: str) -> None:
     """Each command given up on may live on in the box (and, under gVisor, as a host
     process): past MAX_ABANDONED_EXECS still running, no more are started."""
-    async with AsyncSession(SandboxConfig(runtime=runtime)) as box:  # type: ignore[arg-type]
+    async with AsyncSession(SandboxConfig(runtime=runtime)) as box:
         for _ in range(MAX_ABANDONED_EXECS):
             await cut_at(0.5, lambda: exec_in(box, ["sleep", "60"], timeout_s=0.5))
         code, took = await ended(exec_in(box, ["true"]), time.monotonic())

@@ -151,7 +151,7 @@ async def test_turns_run_at_most_n_queue_at_most_m_and_refuse_the_rest() -> None
             return exc.code
 
     tasks = [asyncio.create_task(op(i)) for i in range(5)]
-    busy = await asyncio.gather(tasks[3], tasks[4])
+    busy = list(await asyncio.gather(tasks[3], tasks[4]))
     assert busy == ["busy", "busy"]
     assert entered == [0, 1] and slots.waiting == 1
     release.set()
