@@ -275,10 +275,12 @@ class SandboxService:
         return self.describe(session_id, owned)
 
     @contextlib.contextmanager
-    def _unless_cut(self, session_id: str, session: AsyncSession) -> Iterator[None]:
+    def _unless_cut(self, session_id: str, session: AsyncSession, *,
+                    by_restart: bool = True) -> Iterator[None]:
         """An operation cut short by another route on the same session says so: a 404
         when a delete (or the reaper) closed the session while it ran, a 409 when a
-        restart ended every process in the box under it; not whatever the vanished
+        restart ended every process in the box under it (*by_restart*: not for the
+        restart itself, whose own failure is its own answer); not whatever the vanished
         container or killed file helper made of it (a 400 "failed", an engine 500)."""
         generation = session.generation
         try:
@@ -289,7 +291,8 @@ class SandboxService:
             if session.state is SessionState.CLOSED or session_id not in self.owned:
                 raise SessionNotFoundError(session_id) from exc
             generic = not isinstance(exc, FileOperationError) or exc.code == "failed"
-            if generic and (session.restarting or session.generation != generation):
+            if by_restart and generic and (session.restarting
+                                           or session.generation != generation):
                 raise ApiError(409, "session_restarting", f"session {session_id} was "
                                "restarted while this operation ran (a restart ends every "
                                "process in the box); retry it") from exc
@@ -297,7 +300,7 @@ class SandboxService:
 
     async def restart(self, key_id: str, session_id: str) -> SessionOut:
         session = self.session(key_id, session_id)
-        with self._unless_cut(session_id, session):
+        with self._unless_cut(session_id, session, by_restart=False):
             await session.restart()
         return self._owned_after(key_id, session_id)
 
