@@ -21,6 +21,8 @@ import anyio
 import anyio.to_thread
 
 from api.errors import ApiError
+from api.export import ExportFailed, export_in_child, in_child_process
+from api.export import build as build_export
 from api.live import END, LiveFeed
 from api.metrics import Metrics
 from api.schemas import CreateSession, Limits, SessionOut
@@ -41,13 +43,15 @@ from sandbox import (
     SessionState,
     make_config,
 )
-from sandbox._notebook import notebook_chunks, notebook_dict
 
 log = logging.getLogger("agentbox.api")
 # Retry-After (seconds) on refusals that a later retry can pass: a full server or key
 # frees a place when a session is closed or reaped; a stopping server is replaced.
 RETRY_CAPACITY_S = 5
 RETRY_SHUTDOWN_S = 10
+# Address space of a notebook export's child process: the interpreter and libraries,
+# plus eight times the stored results it may read (decoded rows, cells, the encoding).
+EXPORT_MEMORY_BASE = 1024 * 1024 * 1024
 
 
 @dataclass
@@ -446,34 +450,34 @@ class SandboxService:
 
     # -- history ---------------------------------------------------------------------
     async def notebook(self, key_id: str, session_id: str) -> bytes:
-        """The session's history as an .ipynb, built in a worker thread (a few at once,
-        the rest wait): reading, converting and encoding a large history is seconds of
-        work that would otherwise stall every session on the event loop. Bounded by
-        notebook_max_bytes of stored results and notebook_max_outputs outputs."""
+        """The session's history as an .ipynb, built in a child process (api/export.py),
+        a few at once (the rest wait for a turn): reading, converting and encoding a
+        large history is seconds of CPU that would otherwise stall every session."""
         row = await self.store.get_session(session_id)
         if row is None or row["key_id"] != key_id:
             raise SessionNotFoundError(session_id)
         meta = {"agentbox": {"session": session_id, "created_at": row["created_at"],
                              "closed_at": row["closed_at"], "metadata": row["metadata"]}}
-        body: bytes = await anyio.to_thread.run_sync(self._build_notebook, session_id, meta,
-                                                     limiter=self._exports)
-        return body
-
-    def _build_notebook(self, session_id: str, meta: dict[str, Any]) -> bytes:
         s = self.settings
-        skipped = ("outputs not exported: the notebook reached its limit of "
-                   f"{s.notebook_max_bytes} characters of stored results; the code is kept")
-        cells: list[tuple[str, ExecutionResult | None]] = []
-        for columns, result in self.store.export_rows(session_id, s.notebook_max_bytes):
-            if result is not None:
-                cells.append((columns["code"], ExecutionResult.from_dict(result)))
-                continue
-            cells.append((columns["code"], ExecutionResult(
-                status=columns["status"], execution_count=columns["execution_count"],
-                outputs=[], duration_s=float(columns["duration_ms"] or 0.0) / 1000,
-                truncated=True, notes=[skipped])))
-        nb = notebook_dict(cells, meta, max_outputs=s.notebook_max_outputs)
-        return b"".join(notebook_chunks(nb))
+        async with self._exports:
+            try:
+                if in_child_process(self.store.url):
+                    return await export_in_child(
+                        self.store.url, session_id, meta, max_bytes=s.notebook_max_bytes,
+                        max_outputs=s.notebook_max_outputs,
+                        timeout_s=s.notebook_export_timeout_s,
+                        memory_bytes=EXPORT_MEMORY_BASE + 8 * s.notebook_max_bytes)
+                body: bytes = await anyio.to_thread.run_sync(
+                    lambda: b"".join(build_export(self.store.engine, session_id, meta,
+                                                  s.notebook_max_bytes,
+                                                  s.notebook_max_outputs)))
+                return body
+            except ExportFailed as exc:
+                log.warning("notebook export failed", extra={"session_id": session_id,
+                                                             "reason": str(exc)})
+                raise ApiError(503, "export_failed", f"the notebook could not be built: "
+                               f"{exc}", headers={"Retry-After": str(RETRY_CAPACITY_S)}
+                               ) from exc
 
     # -- files -----------------------------------------------------------------------
     async def upload(self, key_id: str, session_id: str, path: str,

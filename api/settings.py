@@ -62,12 +62,14 @@ class Settings(BaseSettings):
     # 8 KiB: status, the code's start, notes). Cuts are said in the result's notes.
     history_max_execution_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
     history_max_bytes_per_key: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
-    # A notebook export reads at most this much stored result JSON and holds at most this
-    # many outputs (later cells keep their code, lose their outputs, and say so); it is
-    # built in a worker thread, this many at once (more wait for a turn).
+    # A notebook export reads at most this much stored code and results and holds at most
+    # this many outputs (later cells keep the start of their code, lose their outputs, and
+    # say so); it is built in a child process (api/export.py), this many at once (more
+    # wait for a turn), within notebook_export_timeout_s (then 503).
     notebook_max_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
     notebook_max_outputs: int = Field(200_000, ge=100)
     notebook_export_concurrency: int = Field(2, ge=1, le=64)
+    notebook_export_timeout_s: float = Field(120.0, gt=0, le=3600)
     # Events queued for one event-stream (SSE) client that reads slower than its cell
     # writes. Past either bound it gets no more live events: a `lagging` event at once,
     # and the final result (complete, as JSON execute returns it) says how many it missed.

@@ -407,29 +407,39 @@ class HistoryStore:
 
     def export_rows(self, session_id: str, max_chars: int
                     ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-        """For a notebook export, in a worker thread: each execution's columns, with its
-        result only while the results read so far stay within *max_chars* (None after:
-        the cell is exported without outputs). Results are read one at a time, so an
-        export holds at most *max_chars* of them, whatever the history holds."""
-        with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(
-                select(executions.c.id, executions.c.seq, executions.c.code,
-                       executions.c.status, executions.c.execution_count,
-                       executions.c.duration_ms,
-                       func.length(cast(executions.c.result, Text)).label("chars"))
-                .where(executions.c.session_id == session_id).order_by(executions.c.seq))]
-            budget = max_chars
-            for row in rows:
-                chars = int(row.pop("chars") or 0)
-                if chars > budget:
-                    budget = -1  # spent: no later cell gets outputs either
-                if budget < 0:
-                    yield row, None
-                    continue
-                budget -= chars
-                result = conn.execute(select(executions.c.result)
-                                      .where(executions.c.id == row["id"])).scalar_one()
-                yield row, result
+        return export_rows(self.engine, session_id, max_chars)
+
+
+EXPORT_CODE_PREFIX = 1000  # characters of code a cell past the export's budget keeps
+
+
+def export_rows(engine: Engine, session_id: str, max_chars: int
+                ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """For a notebook export (api/export.py): each execution's columns and code, with
+    its result, while what was read so far (code and result) stays within *max_chars*;
+    after that, each cell comes with the start of its code and None for the result.
+    Rows are read one at a time, so an export holds about *max_chars* of them, plus
+    EXPORT_CODE_PREFIX per later cell, whatever the history holds."""
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(
+            select(executions.c.id, executions.c.seq, executions.c.status,
+                   executions.c.execution_count, executions.c.duration_ms,
+                   func.length(executions.c.code).label("code_chars"),
+                   func.length(cast(executions.c.result, Text)).label("chars"))
+            .where(executions.c.session_id == session_id).order_by(executions.c.seq))]
+        budget = max_chars
+        for row in rows:
+            size = int(row.pop("chars") or 0) + int(row["code_chars"] or 0)
+            if budget >= 0 and size <= budget:
+                budget -= size
+                code, result = conn.execute(select(executions.c.code, executions.c.result)
+                                            .where(executions.c.id == row["id"])).one()
+                yield {**row, "code": code}, result
+                continue
+            budget = -1  # spent: no later cell gets its outputs either, so none is missed
+            code = conn.execute(select(func.substr(executions.c.code, 1, EXPORT_CODE_PREFIX))
+                                .where(executions.c.id == row["id"])).scalar_one()
+            yield {**row, "code": code}, None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -19,6 +19,7 @@ from nbformat import NotebookNode
 from sandbox._models import DisplayOutput, ErrorOutput, ExecutionResult, Output, StreamOutput
 from sandbox._outputs import human_bytes, output_size
 
+SKIPPED = "outputs not exported"  # how a cell's note starts when its outputs were left out
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (Agent Box sandbox)",
               "language": "python"}
 
@@ -70,7 +71,6 @@ class _Budget:
         self.max_bytes, self.max_outputs = max_bytes, max_outputs
         self.bytes = self.outputs = 0
         self.spent = False
-        self.skipped_cells = 0
 
     def admit(self, outputs: list[Output]) -> bool:
         if not self.spent:
@@ -83,8 +83,6 @@ class _Budget:
                 self.outputs += len(outputs)
                 return True
             self.spent = True
-        if outputs:
-            self.skipped_cells += 1
         return False
 
     def note(self) -> str:
@@ -93,7 +91,7 @@ class _Budget:
             limits.append(human_bytes(self.max_bytes))
         if self.max_outputs is not None:
             limits.append(f"{self.max_outputs} outputs")
-        return (f"outputs not exported: the notebook reached its limit of "
+        return (f"{SKIPPED}: the notebook reached its limit of "
                 f"{' or '.join(limits)}; the code is kept")
 
 
@@ -116,6 +114,10 @@ def _cell(code: str, result: ExecutionResult | None, budget: _Budget) -> dict[st
     return cell
 
 
+def _notes(cell: dict[str, Any]) -> list[str]:
+    return [str(n) for n in cell["metadata"].get("agentbox", {}).get("notes", [])]
+
+
 def notebook_dict(cells: Iterable[tuple[str, ExecutionResult | None]],
                   metadata: dict[str, Any] | None = None, *, max_bytes: int | None = None,
                   max_outputs: int | None = None) -> dict[str, Any]:
@@ -129,10 +131,12 @@ def notebook_dict(cells: Iterable[tuple[str, ExecutionResult | None]],
         body.append(cell)
     meta: dict[str, Any] = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"},
                             **(metadata or {})}
-    if budget.skipped_cells:
+    # Cells that lost their outputs here or before (an export reads a bounded history).
+    said = [next((n for n in _notes(cell) if n.startswith(SKIPPED)), None) for cell in body]
+    skipped = [n for n in said if n is not None]
+    if skipped:
         agentbox = dict(meta.get("agentbox") or {})
-        agentbox["truncated"] = {"cells_without_outputs": budget.skipped_cells,
-                                 "note": budget.note()}
+        agentbox["truncated"] = {"cells_without_outputs": len(skipped), "note": skipped[0]}
         meta["agentbox"] = agentbox
     return {"nbformat": 4, "nbformat_minor": 5, "metadata": meta, "cells": body}
 
