@@ -125,3 +125,8 @@ def _stop_workers() -> None:
         with contextlib.suppress(Exception):
             proc.kill()
             proc.wait(timeout=5)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+    _live.clear()

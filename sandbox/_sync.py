@@ -7,6 +7,7 @@ both; nothing is implemented twice.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours (see below)
 import contextlib
 import queue
@@ -25,6 +26,7 @@ from sandbox._outputs import Event
 from sandbox._session import AsyncSession, SessionState
 
 _END = object()
+STREAM_BACKLOG = 256  # events a sync stream's reader may fall behind by
 _open_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
 
@@ -129,15 +131,23 @@ class Session:
 
     def stream(self, code: str, *, timeout: float | None = None,
                wait: bool = True) -> Iterator[Event | ExecutionResult]:
-        """Each output as it is published, then the result (see AsyncSession.stream)."""
+        """Each output as it is published, then the result (see AsyncSession.stream).
+
+        At most STREAM_BACKLOG events wait for this thread: a caller that reads slowly
+        holds the cell's output back (the session's own bounds apply from there), it
+        does not grow this process."""
         events: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
+        room: list[tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = []
 
         async def pump() -> None:
+            slots = asyncio.Semaphore(STREAM_BACKLOG)
+            room.append((asyncio.get_running_loop(), slots))
             try:
                 stream = self._async.stream(code, timeout=timeout, wait=wait)
                 async with contextlib.aclosing(stream) as running:
                     async for event in running:
+                        await slots.acquire()
                         events.put(event)
                         if stop.is_set():
                             break
@@ -154,9 +164,14 @@ class Session:
                     break
                 if isinstance(item, BaseException):
                     raise item
+                loop, slots = room[0]
+                loop.call_soon_threadsafe(slots.release)
                 yield item
         finally:
             stop.set()
+            if room:
+                loop, slots = room[0]
+                loop.call_soon_threadsafe(slots.release)  # a pump waiting for room sees stop
             future.result()
 
     def interrupt(self) -> None:
