@@ -555,8 +555,11 @@ class KernelConnection:
             except OSError as exc:
                 if self._closing:
                     return
-                self.dropped += 1
-                self._post_all("dropped", {"channel": channel, "reason": str(exc)})
+                if conn.host_ended:  # a cap: what was in flight is lost, say so
+                    self.dropped += 1
+                    self._post_all("dropped", {"channel": channel, "reason": str(exc)})
+                # else the kernel went away (a death or restart: the death watch reports
+                # it) or closed its side; a kernel that is still there is reconnected.
                 tries += 1
                 if tries > RECONNECT_TRIES:
                     log.warning("kernel %s socket: giving up after %d reconnects (%s)",

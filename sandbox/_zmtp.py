@@ -321,6 +321,7 @@ class Connection(asyncio.Protocol):
         self._wakeup: asyncio.Future[None] | None = None
         self._paused = False
         self._pending: list[bytes] = []  # messages sent before the greetings were exchanged
+        self.host_ended = False  # the host ended it (a cap or the protocol broken)
 
     @classmethod
     async def open(cls, path: Path, socket_type: str, limits: Limits,
@@ -368,6 +369,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def _fail(self, reason: str) -> None:
+        self.host_ended = True
         if not self.closed.done():
             self.closed.set_result(reason)
         if self.transport is not None:
