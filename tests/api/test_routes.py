@@ -174,17 +174,29 @@ def test_logs_are_structured_and_never_hold_code_output_or_keys(
     from api.main import JsonLines
     from tests.api.conftest import KEY_A
 
+    route = "/v1/sessions/{session_id}/execute"
+
+    def parsed_records() -> tuple[list[str], list[dict[str, object]]]:
+        lines = [JsonLines().format(r) for r in caplog.records if r.name == "agentbox.api"]
+        return lines, [json.loads(line) for line in lines]
+
     with caplog.at_level(logging.INFO, logger="agentbox.api"):
         client_a.post(f"/v1/sessions/{session_a}/execute",
                       json={"code": "secret = 'code-canary-91'\nprint('output-canary-37')"})
-    records = [r for r in caplog.records if r.name == "agentbox.api"]
-    lines = [JsonLines().format(r) for r in records]
-    parsed = [json.loads(line) for line in lines]
+        # The access line is written once the response is sent, so it may come after the
+        # client has its answer (and an earlier request's line may come inside this
+        # window): wait for this request's own line, by its route.
+        deadline = time.monotonic() + 10
+        while not any(p["msg"] == "request" and p.get("route") == route
+                      for p in parsed_records()[1]):
+            assert time.monotonic() < deadline, "no access-log line for the execute"
+            time.sleep(0.01)
+    lines, parsed = parsed_records()
     execution = next(p for p in parsed if p["msg"] == "execution")
     assert execution["session_id"] == session_a and execution["status"] == "ok"
-    assert execution["duration_ms"] > 0
-    request = next(p for p in parsed if p["msg"] == "request" and p["method"] == "POST")
-    assert request["route"] == "/v1/sessions/{session_id}/execute" and request["status"] == 200
+    assert isinstance(execution["duration_ms"], int | float) and execution["duration_ms"] > 0
+    request = next(p for p in parsed if p["msg"] == "request" and p.get("route") == route)
+    assert request["method"] == "POST" and request["status"] == 200
     text = "\n".join(lines)
     for secret in ("code-canary-91", "output-canary-37", KEY_A):
         assert secret not in text
