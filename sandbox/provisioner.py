@@ -27,17 +27,28 @@ How it works. The kernelspec's ``metadata.kernel_provisioner`` names this class
 - ``poll``/``wait`` ask ``agentbox-init`` whether the kernel runs (the engine when
   init does not answer); ``send_signal`` goes through init's ``signal`` op, so
   SIGINT interrupts a cell (the kernelspec uses ``interrupt_mode: "signal"``),
-  falling back to ``docker kill -s``; ``kill``/``terminate`` use init too and
-  remove the container when it does not answer (or when not restarting).
-- Restart keeps the container: ``cleanup(restart=True)`` keeps the container
-  and run directory, and the next ``launch_kernel`` asks init to kill every
-  process in the container and start a fresh kernel from the same connection
-  file. Variables are lost, files in ``/home/sandbox`` are kept (like
+  falling back to ``docker kill -s``; ``kill``/``terminate`` use init too: ``kill``
+  ends every process in the container and keeps the container (with or without
+  the restart flag: jupyter_client's ``restart_kernel(now=True)``, which its
+  auto-restarter uses after a death, calls ``kill()`` without it), removing it
+  only when init does not answer.
+- Restart keeps the container: only ``cleanup(restart=False)`` removes it;
+  ``cleanup(restart=True)`` keeps the container and run directory, and the next
+  ``launch_kernel`` asks init to kill every process in the container and start a
+  fresh kernel from the same connection file. Variables are lost, files in ``/home/sandbox`` are kept (like
   ``AsyncSession.restart``), and the socket paths, ports and key stay the same,
   so connected clients simply reconnect. When init does not answer, a new
   container is started in the same run directory (files lost).
 - ``cleanup`` (not restarting) removes the container and the run directory; it
-  is idempotent. Containers carry the usual labels (app, session, run dir,
+  is idempotent. It also works from an ``atexit`` handler (``jupyter run``,
+  ``jupyter console`` shut their kernel down at interpreter exit, when the
+  default executor refuses work): the engine call then runs in a thread of its own.
+  A front end that only sends ``shutdown_request`` and exits (``jupyter console``)
+  never calls ``cleanup``: an ``atexit`` hook of the provisioner removes what is
+  left when the process that owns the kernel exits.
+- A death the provisioner did not cause (crash, ``os._exit``, OOM kill) is logged
+  at warning level with its reason, e.g. "out of memory: the kernel was killed for
+  exceeding the 1024 MiB limit". Containers carry the usual labels (app, session, run dir,
   owner pid, host), so ``agentbox gc`` removes what a crashed Jupyter left.
 
 Settings: the provisioner's traits, from the kernelspec
@@ -51,6 +62,7 @@ nothing else of the host's environment reaches it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -58,9 +70,12 @@ import secrets
 import signal
 import socket
 import tempfile
+import threading
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.manager import KernelManager
@@ -76,6 +91,7 @@ from sandbox._kernel import (
     write_connection_file,
     write_init_key,
 )
+from sandbox._models import KernelDeath
 from sandbox._rundir import make_run_dir, remove_run_dir
 from sandbox._runtime.base import (
     CONTAINER_RUN_DIR,
@@ -87,6 +103,7 @@ from sandbox._runtime.base import (
     ContainerSpec,
     Runtime,
 )
+from sandbox._session import death_from_exit
 from sandbox._uids import UidLease, for_session
 
 PROVISIONER_NAME = "agentbox-provisioner"
@@ -99,6 +116,61 @@ SOCKET_PREFIX = "k1"  # sockets are <run dir>/k1-1 .. k1-5 (/run/kernel/k1-N ins
 INIT_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGQUIT})
 PING_TIMEOUT_S = 2.0
 KILL_TIMEOUT_S = 5.0  # init's kill waits up to 3 s for stubborn processes
+ENGINE_THREAD_TIMEOUT_S = 60.0  # an engine call made from a thread of our own (at exit)
+
+T = TypeVar("T")
+
+
+class _InlineExecutor(ThreadPoolExecutor):
+    """Runs each job in the calling thread. The default executor of a private event
+    loop in a thread of our own, used when every ThreadPoolExecutor refuses work
+    (after interpreter shutdown began, i.e. in atexit handlers)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        job: Future[T] = Future()
+        try:
+            job.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the awaiting coroutine
+            job.set_exception(exc)
+        return job
+
+
+def _run_in_own_thread(make: Callable[[], Awaitable[T]]) -> T:
+    """Run the coroutine *make()* on a private loop in a thread of our own and wait
+    (bounded) for it. Blocks the caller: only for the exit path, where it is wanted."""
+    outcome: list[Any] = []
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_default_executor(_InlineExecutor(max_workers=1))
+        return await make()
+
+    def target() -> None:
+        try:
+            outcome.append((True, asyncio.run(main())))
+        except BaseException as exc:  # re-raised in the caller
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=target, name="agentbox-provisioner-exit", daemon=True)
+    worker.start()
+    worker.join(ENGINE_THREAD_TIMEOUT_S)
+    if not outcome:
+        raise SandboxError(f"the container engine did not answer within "
+                           f"{ENGINE_THREAD_TIMEOUT_S:.0f}s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result
+
+
+async def _engine_call(make: Callable[[], Awaitable[T]]) -> T:
+    """``await make()``; when the default executor refuses the runtime's blocking call
+    (RuntimeError "cannot schedule new futures after interpreter shutdown": a front end
+    shuts its kernel down from atexit), the same call in a thread of our own."""
+    try:
+        return await make()
+    except RuntimeError:
+        return _run_in_own_thread(make)
 
 
 class AgentBoxProvisioner(KernelProvisionerBase):
@@ -128,6 +200,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self._generation = 0  # agentbox-init's count of kernels started in the container
         self._exit_code: int | None = None
         self._init_key: bytes | None = None  # the current container's (write_init_key)
+        self._stopping = False  # we asked the kernel to end: its exit is no death to report
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -247,6 +320,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             raise RuntimeError("launch_kernel called before pre_launch")
         deadline = time.monotonic() + config.start_timeout_s
         self._exit_code = None
+        self._stopping = False
         try:
             if not await self._start_in_place():
                 await self._start_container(config)
@@ -305,6 +379,9 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         )
         self.container_id = await self._runtime().start(spec)
         self._generation = 1
+        # The container must not outlive its owner even when the front end never calls
+        # cleanup (jupyter console only sends shutdown_request before it exits).
+        atexit.register(self._teardown_at_exit)
 
     async def _wait_for_sockets(self, deadline: float) -> None:
         paths = self._socket_paths()
@@ -332,12 +409,24 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             reply = await self._init().request({"op": "ping"}, timeout=PING_TIMEOUT_S)
         except InitUnavailable:
             try:
-                state = await self._runtime().state(container)
+                state = await _engine_call(lambda: self._runtime().state(container))
             except SandboxError:
                 return None  # the engine hiccuped: not known to be dead
             if state.running:
                 return None  # init busy (e.g. killing a fork bomb): not known to be dead
-            return state.exit_code if state.exit_code is not None else -int(signal.SIGKILL)
+            code = state.exit_code if state.exit_code is not None else -int(signal.SIGKILL)
+            if self._exit_code is None:
+                self._exit_code = code
+                if not state.exists:
+                    reason = "the container was removed"
+                elif state.oom_killed:
+                    reason = "out of memory: the container was killed"
+                else:
+                    reason = f"the container stopped (exit code {state.exit_code})"
+                self._report_death(KernelDeath(reason=reason, exit_code=state.exit_code,
+                                               oom_killed=state.oom_killed,
+                                               container_gone=True))
+            return code
         if reply.get("alive") is True:
             return None
         return await self._exit_status()
@@ -345,18 +434,29 @@ class AgentBoxProvisioner(KernelProvisionerBase):
     async def _exit_status(self) -> int:
         if self._exit_code is None:
             code = 1
+            death = KernelDeath(reason="the kernel stopped (agentbox-init gave no exit report)")
             with contextlib.suppress(InitUnavailable):
                 reply = await self._init().request(
                     {"op": "wait", "generation": self._generation}, timeout=PING_TIMEOUT_S)
-                info = reply.get("exit")
+                info = reply.get("exit")  # untrusted: from inside the box
                 if isinstance(info, dict):
-                    exit_code, sig = info.get("exit_code"), info.get("signal")
-                    if isinstance(exit_code, int):
-                        code = exit_code
-                    elif isinstance(sig, int):
-                        code = -sig
+                    memory_mb = self._config.memory_mb if self._config is not None else 0
+                    death = death_from_exit(info, memory_mb)
+                    if death.exit_code is not None:
+                        code = death.exit_code
+                    elif death.signal is not None:
+                        code = -death.signal
             self._exit_code = code
+            self._report_death(death)
         return self._exit_code
+
+    def _report_death(self, death: KernelDeath) -> None:
+        """A warning with the reason, unless we ended the kernel ourselves: Jupyter
+        front ends only say "the kernel died", the server log says why."""
+        if self._stopping:
+            return
+        self.log.warning("kernel %s (sandbox %s) died: %s", self.kernel_id, self.session_id,
+                         death.reason)
 
     async def wait(self) -> int | None:
         while True:
@@ -381,21 +481,30 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         with contextlib.suppress(SandboxError):
             await self._runtime().signal(container, int(signum))
 
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        self._stopping = True
+        await super().shutdown_requested(restart=restart)
+
     async def kill(self, restart: bool = False) -> None:
-        """Kill every process in the container (restart), or remove the container."""
+        """Kill every process in the container through init and keep the container,
+        whatever *restart* says: jupyter_client's ``restart_kernel(now=True)`` (the
+        auto-restarter's call after a death) passes no restart flag, and the files must
+        survive it. ``cleanup(restart=False)`` removes the container; so does this, when
+        init does not answer (nothing else could end the processes)."""
         if self.container_id is None:
             return
-        if restart:
-            with contextlib.suppress(InitUnavailable):
-                reply = await self._init().request({"op": "kill"}, timeout=KILL_TIMEOUT_S)
-                if reply.get("ok"):
-                    return
+        self._stopping = True
+        with contextlib.suppress(InitUnavailable):
+            reply = await self._init().request({"op": "kill"}, timeout=KILL_TIMEOUT_S)
+            if reply.get("ok"):
+                return
         await self._remove_container()
 
     async def terminate(self, restart: bool = False) -> None:
         """SIGTERM to the kernel; the container is removed when init does not answer."""
         if self.container_id is None:
             return
+        self._stopping = True
         try:
             await self._init().request({"op": "signal", "signum": int(signal.SIGTERM)},
                                        timeout=PING_TIMEOUT_S)
@@ -418,13 +527,14 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         if self._exit_code is None:
             self._exit_code = -int(signal.SIGKILL)
         try:
-            await asyncio.shield(self._runtime().remove(container))
+            await asyncio.shield(_engine_call(lambda: self._runtime().remove(container)))
         except SandboxError as exc:
             self.log.warning("kernel %s: container %s not removed (%s); `agentbox gc` will "
                              "remove it once this process is gone", self.kernel_id,
                              container[:12], exc)
 
     async def _teardown(self) -> None:
+        atexit.unregister(self._teardown_at_exit)  # or every kernel stays referenced
         run_dir = self.run_dir
         try:
             await self._remove_container()
@@ -434,6 +544,18 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             if run_dir is not None:
                 remove_run_dir(run_dir)
             self._release_uid()
+
+    def _teardown_at_exit(self) -> None:
+        """atexit: remove what the front end left (a no-op after ``cleanup``)."""
+        if self.container_id is None and self.run_dir is None:
+            return
+        self._stopping = True
+        self.log.debug("kernel %s: removing its container at interpreter exit", self.kernel_id)
+        try:
+            _run_in_own_thread(self._teardown)
+        except Exception as exc:  # at exit: say it; `agentbox gc` is the backstop
+            self.log.warning("kernel %s: sandbox not removed at exit (%s); `agentbox gc` "
+                             "removes it", self.kernel_id, exc)
 
     def _release_uid(self) -> None:
         lease, self._uid_lease = self._uid_lease, None

@@ -205,18 +205,24 @@ async def test_restart_gives_a_fresh_kernel_in_the_same_box(
 
 
 async def test_a_dead_kernel_is_noticed_and_restart_recovers(
-        kernel: tuple[AsyncKernelManager, AsyncKernelClient]) -> None:
+        kernel: tuple[AsyncKernelManager, AsyncKernelClient],
+        engine: docker.DockerClient) -> None:
     km, kc = kernel
     km.stop_restarter()  # this test restarts by hand
+    (before,) = provisioner_containers(engine)
+    await run(kc, "open('/home/sandbox/before-death.txt', 'w').write('kept')")
     kc.execute("import os; os._exit(3)")
     async with asyncio.timeout(20):
         while await km.is_alive():
             await asyncio.sleep(0.1)
     assert km.provisioner is not None and await km.provisioner.poll() == 3
+    # What Jupyter's auto-restarter calls: kill() without the restart flag.
     await km.restart_kernel(now=True)
     await kc.wait_for_ready(timeout=60)
-    content, out = await run(kc, "print(6 * 7)")
-    assert content["status"] == "ok" and out == "42\n"
+    content, out = await run(kc, "print(6 * 7, open('/home/sandbox/before-death.txt').read())")
+    assert content["status"] == "ok" and out == "42 kept\n"
+    (after,) = provisioner_containers(engine)
+    assert after.id == before.id
 
 
 async def test_shutdown_removes_container_and_run_dir(
