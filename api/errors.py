@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from sandbox import (
     CapacityError,
@@ -91,11 +92,26 @@ def retry_after(exc: Exception) -> int | None:
     return next((s for kind, s in RETRY_AFTER if isinstance(exc, kind)), None)
 
 
+# The methods an Allow header can name (HEAD and OPTIONS are the framework's own).
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes at this request's path (RFC 9110 Allow): a path
+    such as .../files/{path} is served by one route per method, and Starlette's 405
+    names only the first one's. Asked of the routes themselves (matches), so included
+    routers answer too."""
+    allowed = [m for m in METHODS if any(
+        route.matches({**request.scope, "method": m})[0] == Match.FULL
+        for route in request.app.router.routes)]
+    return ", ".join(allowed)
+
+
 def install(app: FastAPI) -> None:
     async def domain(_: Request, exc: Exception) -> JSONResponse:
         return to_response(exc)
 
-    async def http(_: Request, exc: Exception) -> JSONResponse:
+    async def http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  413: "too_large", 415: "unsupported_media_type"}
@@ -103,6 +119,8 @@ def install(app: FastAPI) -> None:
                               str(exc.detail))
         # Allow (405) and WWW-Authenticate (401) are part of the answer.
         resp.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route's methods
+            resp.headers["Allow"] = allowed_methods(request)
         return resp
 
     async def validation(_: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import connections, errors
+from api import connections, errors, schemas
 from api.deps import SCOPE_KEY, match_key
 from api.errors import ApiError
 from api.routes import execute, files, health, sessions
@@ -158,10 +158,23 @@ def create_app(settings: Settings | None = None,
     errors.install(app)
     for router in (sessions.router, execute.router, files.router, health.router):
         app.include_router(router)
+    serve_settings_in_openapi(app, settings)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(AuthGate, settings=settings)  # outside BodyLimit: runs first
     app.add_middleware(AccessLog)
     return app
+
+
+def serve_settings_in_openapi(app: FastAPI, settings: Settings) -> None:
+    """/openapi.json says this server's maxima and rules (api/schemas.py), so a request
+    its schema allows is one it accepts."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas.document_settings(FastAPI.openapi(app), settings)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class GracefulServer(uvicorn.Server):

@@ -1,10 +1,17 @@
-"""Request and response bodies of the HTTP contract (v1), apart from core models."""
+"""Request and response bodies of the HTTP contract (v1), apart from core models.
+
+Every body and answer is a model here, so the OpenAPI document is one a generator can
+use as it is; :func:`document_settings` adds what the server's Settings decide (the
+maxima, the environment-name rule) to the document it serves."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from api.settings import Settings
+from sandbox._config import _ENV_NAME, _RESERVED_ENV
 
 
 class Limits(BaseModel):
@@ -21,6 +28,8 @@ class Limits(BaseModel):
 
 
 class CreateSession(BaseModel):
+    """Every field has a default: a POST /v1/sessions without a body is this, empty."""
+
     model_config = ConfigDict(extra="forbid")
 
     limits: Limits = Field(default_factory=Limits)
@@ -28,9 +37,14 @@ class CreateSession(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
 
 
+# SessionState's values (sandbox/_session.py); "closed" also for a session whose
+# sandbox is gone.
+SessionStatus = Literal["new", "starting", "ready", "busy", "dead", "closed"]
+
+
 class SessionOut(BaseModel):
     id: str
-    status: str
+    status: SessionStatus
     created_at: float
     limits: dict[str, Any]
     metadata: dict[str, str]
@@ -59,6 +73,8 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx of the API (validation errors too: 422 invalid_request)."""
+
     error: ErrorBody
 
 
@@ -73,18 +89,169 @@ class FileList(BaseModel):
     files: list[FileOut]
 
 
+class Health(BaseModel):
+    """/healthz: 200 with status ok, or 503 with status unavailable (same body)."""
+
+    status: Literal["ok", "unavailable"]
+    engine: bool
+    engine_error: str | None = None
+    image: str | None = None
+    image_present: bool
+    pool: int
+    pool_target: int
+    sessions: int
+    accepting: bool
+
+
+class Notebook(BaseModel):
+    """An nbformat 4 notebook (cells as nbformat defines them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    nbformat: int
+    nbformat_minor: int
+    metadata: dict[str, Any]
+    cells: list[dict[str, Any]]
+
+
+# Outputs keep the wire key ``type`` (what clients read today) and also carry nbformat's
+# own name for it, ``output_type``, with the same value. Unknown keys are kept.
+
+class StreamOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["stream"]
+    name: Literal["stdout", "stderr"]
+    text: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def output_type(self) -> Literal["stream"]:
+        return self.type
+
+
+class DisplayOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["display_data", "execute_result"]
+    data: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    execution_count: int | None = None
+    display_id: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def output_type(self) -> Literal["display_data", "execute_result"]:
+        return self.type
+
+
+class ErrorOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["error"]
+    ename: str
+    evalue: str
+    traceback: list[str]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def output_type(self) -> Literal["error"]:
+        return self.type
+
+
+Output = Annotated[StreamOut | DisplayOut | ErrorOut, Field(discriminator="type")]
+
+
+class CellError(BaseModel):
+    ename: str
+    evalue: str
+    traceback: list[str]
+
+
+class TimeoutOut(BaseModel):
+    limit_s: float
+    ended_by: Literal["interrupt", "restart", "replace"]
+    state_lost: bool
+    files_lost: bool = False
+
+
+class DeathOut(BaseModel):
+    reason: str
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+    container_gone: bool = False
+
+
 class ExecuteResponse(BaseModel):
     """Same shape as ``ExecutionResult.to_dict()``; outputs keep the Jupyter shape."""
 
     status: Literal["ok", "error", "timeout", "died"]
     execution_count: int | None
-    outputs: list[dict[str, Any]]
+    outputs: list[Output]
     stdout: str
     stderr: str
-    error: dict[str, Any] | None
+    error: CellError | None
     duration_ms: float
     truncated: bool
-    timeout: dict[str, Any] | None = None
-    death: dict[str, Any] | None = None
+    timeout: TimeoutOut | None = None
+    death: DeathOut | None = None
     kernel_restarted: bool = False
     notes: list[str] = Field(default_factory=list)
+
+
+def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, each with the real error body; named
+    ones (``e409="..."``) with a description. Listing 422 also keeps FastAPI from adding
+    its HTTPValidationError, which the server never sends."""
+    out: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in statuses}
+    for name, description in described.items():
+        out[int(name.removeprefix("e"))] = {"model": ErrorResponse, "description": description}
+    return out
+
+
+# -- what the Settings add to the served document ------------------------------------
+
+def _value_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """The non-null branch of ``X | None`` (or the property itself)."""
+    branches: list[dict[str, Any]] = prop.get("anyOf", [])
+    return next((b for b in branches if b.get("type") != "null"), prop)
+
+
+NO_NUL = "^[^\\x00]*$"
+
+
+def env_schema() -> dict[str, Any]:
+    """The environment rule of sandbox/_config.py: identifier names, none the sandbox
+    sets itself, values without NUL."""
+    return {"type": "object", "title": "Env",
+            "propertyNames": {"pattern": _ENV_NAME.pattern,
+                              "not": {"enum": sorted(_RESERVED_ENV)}},
+            "additionalProperties": {"type": "string", "pattern": NO_NUL}}
+
+
+def document_settings(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Put the server's maxima, the env-name rule and the code's no-NUL rule into
+    *openapi* (in place): a request the document allows is one the server accepts,
+    but for sizes in bytes (413), which JSON Schema cannot say."""
+    models = openapi.get("components", {}).get("schemas", {})
+    maxima = {"memory_mb": settings.max_memory_mb, "cpus": settings.max_cpus,
+              "pids": settings.max_pids,
+              "execution_timeout_s": settings.max_execution_timeout_s,
+              "idle_timeout_s": settings.max_idle_timeout_s,
+              "max_lifetime_s": settings.max_lifetime_s}
+    limits = models.get("Limits", {}).get("properties", {})
+    for name, maximum in maxima.items():
+        if name in limits:
+            _value_schema(limits[name])["maximum"] = maximum
+    for model in ("ExecuteRequest", "OneShotRequest"):
+        props = models.get(model, {}).get("properties", {})
+        if "timeout_s" in props:
+            _value_schema(props["timeout_s"])["maximum"] = settings.max_execution_timeout_s
+        if "code" in props:
+            props["code"] = {"type": "string", "title": "Code", "pattern": NO_NUL}
+    for model in ("CreateSession", "OneShotRequest"):
+        props = models.get(model, {}).get("properties", {})
+        if "env" in props:
+            props["env"] = env_schema()
+    return openapi

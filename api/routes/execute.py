@@ -8,13 +8,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import Key, Service
-from api.schemas import ErrorResponse, ExecuteRequest, ExecuteResponse, OneShotRequest
+from api.routes.sessions import operation_id
+from api.schemas import (
+    ErrorResponse,
+    ExecuteRequest,
+    ExecuteResponse,
+    OneShotRequest,
+    error_responses,
+)
 
-router = APIRouter(tags=["execute"], responses={401: {"model": ErrorResponse},
-                                                 404: {"model": ErrorResponse},
-                                                 409: {"model": ErrorResponse},
-                                                 413: {"model": ErrorResponse},
-                                                 422: {"model": ErrorResponse}})
+router = APIRouter(tags=["execute"], generate_unique_id_function=operation_id,
+                   responses=error_responses(401, 404, 409, 413, 422))
 
 
 def wants_stream(request: Request) -> bool:
@@ -22,7 +26,7 @@ def wants_stream(request: Request) -> bool:
 
 
 @router.post("/v1/sessions/{session_id}/execute", response_model=ExecuteResponse,
-             responses={200: {"content": {"text/event-stream": {}}},
+             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
                         400: {"model": ErrorResponse, "description": "The body is not JSON"}})
 async def execute(service: Service, key: Key, session_id: str, body: ExecuteRequest,
                   request: Request) -> Any:
@@ -39,7 +43,9 @@ async def execute(service: Service, key: Key, session_id: str, body: ExecuteRequ
 @router.post("/v1/execute", response_model=ExecuteResponse,
              responses={400: {"model": ErrorResponse, "description": "The body is not JSON"},
                         # it starts a session: the key's or the server's maximum applies
-                        429: {"model": ErrorResponse}})
+                        429: {"model": ErrorResponse},
+                        503: {"model": ErrorResponse, "description": "Too many sessions "
+                              "are starting, or the start failed; Retry-After"}})
 async def one_shot(service: Service, key: Key, body: OneShotRequest) -> Any:
     """A fresh sandbox runs the code and is torn down."""
     return await service.one_shot(key, body.code, body.timeout_s, body.limits, body.env)

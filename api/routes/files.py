@@ -8,17 +8,19 @@ from fastapi import APIRouter, Request, Response
 
 from api.deps import Key, Service
 from api.errors import ApiError
-from api.schemas import ErrorResponse, FileList, FileOut
+from api.routes.sessions import operation_id
+from api.schemas import FileList, FileOut, error_responses
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"],
-                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
-                              404: {"model": ErrorResponse},
-                              # a directory where a file is meant, or the other way round
-                              409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-                              # busy: the session's file operations are all taken, and
-                              # its line is full; timeout: the box did not finish one by
-                              # the host's deadline (file_timeout_s)
-                              429: {"model": ErrorResponse}, 504: {"model": ErrorResponse}})
+                   generate_unique_id_function=operation_id,
+                   responses=error_responses(
+                       400, 401, 404, 413, 422, 504,
+                       e403="A symlink where a file is meant (file_symlink)",
+                       e409="A directory where a file is meant, or the other way round",
+                       e429="busy: the session's file operations are all taken, and its "
+                            "line is full",
+                       e507="The box's disk is full (file_no_space)"))
+# 504: the box did not finish a file operation by the host's deadline (file_timeout_s).
 
 # The body of an upload is the file's raw bytes, read as a stream (not a form).
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
@@ -34,7 +36,7 @@ async def list_files(service: Service, key: Key, session_id: str, path: str = ""
 
 
 @router.put("/{path:path}", status_code=204, openapi_extra=UPLOAD_BODY)
-async def upload(service: Service, key: Key, session_id: str, path: str,
+async def upload_file(service: Service, key: Key, session_id: str, path: str,
                  request: Request) -> Response:
     limit = service.settings.max_upload_bytes
     declared = request.headers.get("content-length")
@@ -57,13 +59,15 @@ async def upload(service: Service, key: Key, session_id: str, path: str,
 
 
 @router.get("/{path:path}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
-async def download(service: Service, key: Key, session_id: str, path: str) -> Response:
+            responses={200: {"description": "The file's bytes", "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}}})
+async def download_file(service: Service, key: Key, session_id: str, path: str) -> Response:
     data = await service.download(key, session_id, path)
     return Response(data, media_type="application/octet-stream")
 
 
 @router.delete("/{path:path}", status_code=204)
-async def delete(service: Service, key: Key, session_id: str, path: str) -> Response:
+async def delete_file(service: Service, key: Key, session_id: str, path: str) -> Response:
     await service.delete_file(key, session_id, path)
     return Response(status_code=204)

@@ -10,11 +10,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import Service
+from api.routes.sessions import operation_id
+from api.schemas import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], generate_unique_id_function=operation_id)
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health,
+            responses={503: {"model": Health, "description": "Not ready: no engine, no "
+                             "current image, or shutting down"}})
 async def healthz(service: Service) -> Any:
     from sandbox._exceptions import SandboxError
     from sandbox._image import image_status

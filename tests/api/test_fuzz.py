@@ -6,12 +6,11 @@ response: no 5xx, status codes, content types, headers and bodies as documented,
 schema-valid requests accepted, invalid ones rejected, and — with the bearer scheme
 filled in below — a missing or wrong key refused with a 401 on every /v1 route.
 
-Where the served schema says less than the server does, the fuzzer works from a copy
-with the gap filled in: :data:`SCHEMA_GAPS` lists each one, what the server really
-does that its schema does not say. ``test_each_schema_gap_is_still_open`` fails as
-soon as the server documents one of them, so the list stays exact. Two more gaps
-cannot be said in JSON Schema and are allowed in the checks' configuration instead,
-each commented where it is (413 for sizes in bytes; 400 for unsafe file paths).
+The fuzzer works from the served schema as it is, with nothing filled in: the server
+puts its own maxima, the environment-name rule and the code's no-NUL rule into it
+(:data:`SERVED_RULES` checks each one is there). Two limits cannot be said in JSON
+Schema and are allowed in the checks' configuration instead, each commented where it
+is (413 for sizes in bytes; 400 for unsafe file paths).
 
 Cost. A session is a container (0.6 s to start; 5 to 30 s with a CPU quota under
 0.25, which this test raises to 0.25), so the server allows few sessions (3 per key,
@@ -30,7 +29,6 @@ not work with pytest 9.2: it sets ``Function._nodeid``), and
 
 from __future__ import annotations
 
-import copy
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -63,54 +61,35 @@ RESERVED_ENV = ["HOME", "PATH", "IPYTHONDIR", "MPLCONFIGDIR", "MPLBACKEND", "AGE
                 "AGENTBOX_AUTOSTART", "PYTHONPATH", "LD_PRELOAD", "LD_LIBRARY_PATH",
                 "PYTHONSTARTUP", "PYTHONHOME"]
 ENV = {"type": "object", "title": "Env",
-       "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "not": {"enum": RESERVED_ENV}},
+       "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                         "not": {"enum": sorted(RESERVED_ENV)}},
        "additionalProperties": {"type": "string", "pattern": "^[^\\x00]*$"}}
 CODE = {"type": "string", "title": "Code", "pattern": "^[^\\x00]*$"}
 
 
-def limit(name: str) -> list[str]:
-    return ["components", "schemas", "Limits", "properties", name, "anyOf", "0"]
+def value_of(model: str, name: str) -> dict[str, Any]:
+    """The schema of a property of *model* (its non-null branch when it is optional)."""
+    prop: dict[str, Any] = SERVED["components"]["schemas"][model]["properties"][name]
+    return next((b for b in prop.get("anyOf", []) if b.get("type") != "null"), prop)
 
 
-def timeout_of(model: str) -> list[str]:
-    return ["components", "schemas", model, "properties", "timeout_s", "anyOf", "0"]
-
-
-# (what the server does that its schema does not say, where, key, what fills the gap)
-SCHEMA_GAPS: list[tuple[str, list[str], str, Any]] = [
-    *[(f"limits.{name} above the server's maximum ({getattr(SETTINGS, setting)}) is a 422 "
-       "limit_exceeded; the schema has no maximum", limit(name), "maximum",
-       getattr(SETTINGS, setting))
+# (what the server refuses, with a 422, that its schema must say; model, property,
+# key, value): once gaps the fuzzer had to fill in, now served by the server itself.
+SERVED_RULES: list[tuple[str, str, str, str, Any]] = [
+    *[(f"limits.{name} at most {setting} ({getattr(SETTINGS, setting)})", "Limits", name,
+       "maximum", getattr(SETTINGS, setting))
       for name, setting in [("memory_mb", "max_memory_mb"), ("cpus", "max_cpus"),
                             ("pids", "max_pids"),
                             ("execution_timeout_s", "max_execution_timeout_s"),
                             ("idle_timeout_s", "max_idle_timeout_s"),
                             ("max_lifetime_s", "max_lifetime_s")]],
-    *[(f"{model}.timeout_s above max_execution_timeout_s is a 422 limit_exceeded; the "
-       "schema has no maximum", timeout_of(model), "maximum",
+    *[(f"{model}.timeout_s at most max_execution_timeout_s", model, "timeout_s", "maximum",
        LIMITS["max_execution_timeout_s"]) for model in ["ExecuteRequest", "OneShotRequest"]],
-    *[(f"{model}.code: a NUL byte is a 422 invalid_settings; the schema says any string",
-       ["components", "schemas", model, "properties"], "code", CODE)
+    *[(f"{model}.code without NUL", model, "code", "pattern", CODE["pattern"])
       for model in ["ExecuteRequest", "OneShotRequest"]],
-    *[(f"{model}.env: a name that is not an identifier, or is set by the sandbox itself "
-       "(HOME, PATH...), or a value with NUL is a 422 invalid_settings; the schema says any "
-       "string", ["components", "schemas", model, "properties"], "env", ENV)
-      for model in ["CreateSession", "OneShotRequest"]],
+    *[(f"{model}.env: identifier names, none the sandbox sets, values without NUL", model,
+       "env", "", ENV) for model in ["CreateSession", "OneShotRequest"]],
 ]
-
-
-def at(document: Any, where: list[str]) -> Any:
-    for part in where:
-        document = document[int(part)] if isinstance(document, list) else document[part]
-    return document
-
-
-def documented() -> dict[str, Any]:
-    """The served schema with every gap of SCHEMA_GAPS filled in."""
-    openapi = copy.deepcopy(SERVED)
-    for _, where, key, value in SCHEMA_GAPS:
-        at(openapi, where)[key] = value
-    return openapi
 
 
 CONFIG = schemathesis.Config.from_dict({
@@ -146,7 +125,7 @@ CONFIG = schemathesis.Config.from_dict({
              400]}}},
     ],
 })
-schema = schemathesis.openapi.from_dict(documented(), config=CONFIG)
+schema = schemathesis.openapi.from_dict(SERVED, config=CONFIG)
 SENT: Counter[tuple[str, int]] = Counter()  # (operation, status) of every request sent
 
 
@@ -197,7 +176,7 @@ def test_the_fuzzed_schema_is_the_served_one(fuzz_server: str) -> None:
 
 
 def test_the_schema_says_how_to_authenticate_and_what_is_not_json() -> None:
-    # Once gaps of SCHEMA_GAPS, now documented by the server itself.
+    # Once gaps the fuzzer had to fill in, now documented by the server itself.
     assert SERVED["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     v1 = [(path, method, op) for path, methods in SERVED["paths"].items()
           if path.startswith("/v1/") for method, op in methods.items()]
@@ -216,11 +195,21 @@ def test_the_schema_says_how_to_authenticate_and_what_is_not_json() -> None:
         assert "400" in SERVED["paths"][path]["post"]["responses"], path
 
 
-@pytest.mark.parametrize("gap", SCHEMA_GAPS, ids=lambda gap: gap[0][:60])
-def test_each_schema_gap_is_still_open(gap: tuple[str, list[str], str, Any]) -> None:
-    """When the server documents one of them, delete it from SCHEMA_GAPS."""
-    _, where, key, value = gap
-    assert at(SERVED, where).get(key) != value
+@pytest.mark.parametrize("rule", SERVED_RULES, ids=lambda rule: rule[0][:60])
+def test_the_served_schema_says_what_the_server_refuses(
+        rule: tuple[str, str, str, str, Any]) -> None:
+    _, model, name, key, value = rule
+    found = value_of(model, name)
+    assert (found.get(key) if key else found) == value, found
+
+
+def test_the_maxima_served_are_the_servers_own() -> None:
+    """Built from the Settings at app creation: another server, other maxima."""
+    other = create_app(Settings(api_keys=KEY_A, max_memory_mb=777, max_execution_timeout_s=9.0,
+                                default_execution_timeout_s=9.0))
+    models = other.openapi()["components"]["schemas"]
+    assert models["Limits"]["properties"]["memory_mb"]["anyOf"][0]["maximum"] == 777
+    assert models["ExecuteRequest"]["properties"]["timeout_s"]["anyOf"][0]["maximum"] == 9.0
 
 
 @schema.parametrize()
@@ -278,6 +267,22 @@ def test_a_405_says_which_methods_are_allowed(fuzz_server: str) -> None:
     resp = httpx.request("TRACE", f"{fuzz_server}/healthz")
     assert resp.status_code == 405
     assert resp.headers.get("allow") == "GET", dict(resp.headers)
+
+
+@pytest.mark.parametrize("path", sorted(SERVED["paths"]))
+def test_a_405_allows_every_method_the_schema_documents(fuzz_server: str, live_session: str,
+                                                        path: str) -> None:
+    """What schemathesis' allow_header_conformance (ST205) asks, on every path: a path
+    served by one route per method (.../files/{path}) names them all."""
+    documented = {m.upper() for m in SERVED["paths"][path]}
+    url = fuzz_server + path.format(session_id=live_session, path="some/file.txt")
+    for method in ("OPTIONS", "TRACE", "PATCH"):
+        if method in documented:
+            continue
+        resp = httpx.request(method, url, headers=AUTH)
+        assert resp.status_code == 405, (method, resp.status_code, resp.text)
+        allow = {m.strip() for m in resp.headers.get("allow", "").split(",")}
+        assert allow == documented, (method, path, resp.headers.get("allow"))
 
 
 def test_a_401_names_the_scheme_to_use(fuzz_server: str) -> None:
