@@ -20,7 +20,9 @@ from sandbox._models import DisplayOutput, ErrorOutput, ExecutionResult, Output,
 from sandbox._outputs import human_bytes, output_size
 
 SKIPPED = "outputs not exported"  # how a cell's note starts when its outputs were left out
-KERNELSPEC = {"name": "python3", "display_name": "Python 3 (Agent Box sandbox)",
+# The agentbox kernelspec (sandbox.provisioner): Jupyter reopens the notebook on the
+# sandbox, not on the host's own python3.
+KERNELSPEC = {"name": "agentbox", "display_name": "Python 3 (Agent Box sandbox)",
               "language": "python"}
 
 

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import nbformat
 import pytest
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
+from nbclient import NotebookClient
 from traitlets.config import Config
 
 from sandbox._config import default_base_dir
+from sandbox._notebook import notebook_dict
 from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
 from sandbox.cli import main
 from sandbox.provisioner import LABEL_KERNEL_ID, AgentBoxProvisioner
@@ -179,3 +182,14 @@ async def test_out_of_memory_death_is_logged_with_the_limit(
     finally:
         kc.stop_channels()
         await km.shutdown_kernel(now=True)
+
+
+def test_an_exported_notebook_reopens_on_the_sandbox(jupyter_path: Path, no_leaks: None) -> None:
+    # nbclient, like JupyterLab, starts the kernel the notebook's metadata names.
+    exported = notebook_dict([("import socket\nprint(socket.gethostname())", None)])
+    assert exported["metadata"]["kernelspec"]["name"] == "agentbox"
+    nb = nbformat.from_dict(exported)
+    nbformat.validate(nb)
+    NotebookClient(nb, timeout=120).execute()
+    (out,) = nb.cells[0].outputs
+    assert out["output_type"] == "stream" and out["text"] == "sandbox\n"
