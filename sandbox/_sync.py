@@ -27,6 +27,7 @@ from sandbox._session import AsyncSession, SessionState
 
 _END = object()
 STREAM_BACKLOG = 256  # events a sync stream's reader may fall behind by
+STREAM_STALL_S = 10.0  # a reader that takes nothing for this long gets no more live events
 _open_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
 
@@ -135,7 +136,10 @@ class Session:
 
         At most STREAM_BACKLOG events wait for this thread: a caller that reads slowly
         holds the cell's output back (the session's own bounds apply from there), it
-        does not grow this process."""
+        does not grow this process. A caller that takes nothing for STREAM_STALL_S (it
+        left the loop without closing the iterator, say) gets no more live events; the
+        cell runs to its end, and the result it then gets says what it missed. Close
+        the iterator (``contextlib.closing``) to end the cell at once."""
         events: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
         room: list[tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = []
@@ -143,11 +147,28 @@ class Session:
         async def pump() -> None:
             slots = asyncio.Semaphore(STREAM_BACKLOG)
             room.append((asyncio.get_running_loop(), slots))
+            missed = 0
             try:
                 stream = self._async.stream(code, timeout=timeout, wait=wait)
                 async with contextlib.aclosing(stream) as running:
                     async for event in running:
-                        await slots.acquire()
+                        if isinstance(event, ExecutionResult):
+                            if missed:
+                                event.notes.append(
+                                    f"{missed} live event(s) were not delivered: the reader "
+                                    f"took none for {STREAM_STALL_S:g}s; the outputs above "
+                                    "are complete")
+                            events.put(event)
+                            break
+                        if missed:
+                            missed += 1
+                            continue
+                        try:
+                            async with asyncio.timeout(STREAM_STALL_S):
+                                await slots.acquire()
+                        except TimeoutError:
+                            missed += 1
+                            continue
                         events.put(event)
                         if stop.is_set():
                             break
