@@ -420,7 +420,8 @@ class AgentBoxProvisioner(KernelProvisionerBase):
                 if not state.exists:
                     reason = "the container was removed"
                 elif state.oom_killed:
-                    reason = "out of memory: the container was killed"
+                    limit = self._config.memory_mb if self._config is not None else "?"
+                    reason = f"out of memory: the container was killed (limit {limit} MiB)"
                 else:
                     reason = f"the container stopped (exit code {state.exit_code})"
                 self._report_death(KernelDeath(reason=reason, exit_code=state.exit_code,

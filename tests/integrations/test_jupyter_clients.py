@@ -30,7 +30,7 @@ from sandbox._config import default_base_dir
 from sandbox._notebook import notebook_dict
 from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
 from sandbox.cli import main
-from sandbox.provisioner import LABEL_KERNEL_ID, AgentBoxProvisioner
+from sandbox.provisioner import LABEL_KERNEL_ID, AgentBoxProvisioner, install_kernel_spec
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -118,11 +118,14 @@ def test_jupyter_console_leaves_no_container(jupyter_path: Path, tmp_path: Path,
     assert "42" in out and "Shutting down kernel" in out
 
 
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
 async def test_auto_restart_after_a_death_keeps_the_files(
         jupyter_path: Path, no_leaks: None, engine: docker.DockerClient,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, runtime: str) -> None:
     # The restarter JupyterLab uses: it notices the death and calls
     # restart_kernel(now=True), which kills without the restart flag.
+    install_kernel_spec(prefix=str(jupyter_path.parent.parent),
+                        config={"memory_mb": 512, "sandbox_config": {"runtime": runtime}})
     log = logging.getLogger("agentbox.test.jupyter")
     config = Config({"KernelRestarter": {"time_to_dead": 0.5}})
     km = AsyncIOLoopKernelManager(kernel_name="agentbox", config=config, log=log)
@@ -151,6 +154,7 @@ async def test_auto_restart_after_a_death_keeps_the_files(
         assert "".join(out) == "False still here\n"  # a fresh kernel, the same files
         (after,) = containers_of(engine, os.getpid())
         assert after.id == before.id
+        assert after.attrs["HostConfig"]["Runtime"] == runtime
         prov = km.provisioner
         assert isinstance(prov, AgentBoxProvisioner) and prov._generation == 2
         deaths = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
@@ -161,8 +165,12 @@ async def test_auto_restart_after_a_death_keeps_the_files(
         await km.shutdown_kernel(now=True)
 
 
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
 async def test_out_of_memory_death_is_logged_with_the_limit(
-        jupyter_path: Path, no_leaks: None, caplog: pytest.LogCaptureFixture) -> None:
+        jupyter_path: Path, no_leaks: None, caplog: pytest.LogCaptureFixture,
+        runtime: str) -> None:
+    install_kernel_spec(prefix=str(jupyter_path.parent.parent),
+                        config={"memory_mb": 512, "sandbox_config": {"runtime": runtime}})
     log = logging.getLogger("agentbox.test.jupyter.oom")
     km = AsyncIOLoopKernelManager(kernel_name="agentbox", log=log)
     km.autorestart = False  # this test only watches the death
@@ -177,8 +185,11 @@ async def test_out_of_memory_death_is_logged_with_the_limit(
                 while await km.is_alive():
                     await asyncio.sleep(0.2)
         deaths = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
-        assert deaths and deaths[0].endswith(
-            "out of memory: the kernel was killed for exceeding the 512 MiB limit"), deaths
+        # Under gVisor the whole container goes (its kernel is the one OOM-killed).
+        expected = ("out of memory: the kernel was killed for exceeding the 512 MiB limit"
+                    if runtime == "runc" else
+                    "out of memory: the container was killed (limit 512 MiB)")
+        assert len(deaths) == 1 and deaths[0].endswith(expected), deaths
     finally:
         kc.stop_channels()
         await km.shutdown_kernel(now=True)
