@@ -184,9 +184,15 @@ def pid_alive(pid: int) -> bool:
 
 
 async def sweep_orphans(runtime: Runtime, run_root: Path, *,
-                        only_dead_owners: bool = True) -> GarbageReport:
+                        only_dead_owners: bool = True,
+                        engine_wide: bool = False) -> GarbageReport:
     """Remove containers of dead owners on this host, containers whose session closed
-    without removing them, and run dirs no container names."""
+    without removing them, and run dirs no container names.
+
+    Only containers whose run dir (their label) lies under *run_root* are considered:
+    another user's or another tool's Agent Box containers on the same engine are theirs
+    to sweep, even when their owner pid is not alive here (``engine_wide`` lifts that,
+    for ``agentbox gc --all``)."""
     host = socket.gethostname()
     containers = await runtime.list({LABEL_APP: "agentbox"})
     removed = 0
@@ -195,6 +201,8 @@ async def sweep_orphans(runtime: Runtime, run_root: Path, *,
         owner = c.labels.get(LABEL_OWNER_PID, "")
         same_host = c.labels.get(LABEL_HOST, host) == host
         run_dir_label = c.labels.get(LABEL_RUN_DIR, "")
+        if not engine_wide and not (run_dir_label and Path(run_dir_label).parent == run_root):
+            continue
         # A live owner's session removes its run dir only as the last step of closing
         # (and creates it before the container), so a container of ours whose run dir is
         # gone is one that close() could not remove (an engine outage) or whose start
@@ -243,15 +251,16 @@ def _sweep_dirs(run_root: Path, claimed: set[str], only_dead_owners: bool) -> in
     return dirs
 
 
-def collect_garbage(run_root: Path | None = None) -> GarbageReport:
-    """``agentbox gc``: one orphan sweep, synchronously."""
+def collect_garbage(run_root: Path | None = None, *, engine_wide: bool = False) -> GarbageReport:
+    """``agentbox gc``: one orphan sweep, synchronously (``--all``: *engine_wide*)."""
     from sandbox._config import default_base_dir
     from sandbox._runtime.docker import DockerRuntime
 
     async def sweep() -> GarbageReport:
         runtime = DockerRuntime()
         try:
-            return await sweep_orphans(runtime, run_root or default_base_dir())
+            return await sweep_orphans(runtime, run_root or default_base_dir(),
+                                       engine_wide=engine_wide)
         finally:
             await runtime.close()
 
