@@ -222,7 +222,12 @@ class ExecutionResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
-        """The inverse of :meth:`to_dict` (used by the HTTP client)."""
+        """The inverse of :meth:`to_dict`, for every status and output kind:
+        ``ExecutionResult.from_dict(r.to_dict()).to_dict() == r.to_dict()`` (the duration
+        is kept to the microsecond, as ``to_dict`` writes it). The HTTP client builds its
+        results with it; a LangGraph state or checkpoint can keep ``to_dict()`` (plain
+        JSON) and rebuild the result with it. Derived keys (``stdout``, ``error``...) are
+        recomputed from ``outputs``."""
         timeout = data.get("timeout")
         death = data.get("death")
         return cls(

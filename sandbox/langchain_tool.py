@@ -13,8 +13,16 @@ The tool owns one sandbox, started on first use and removed by ``close()`` /
 of :func:`sandbox.mcp_server.render_text`; with ``response_format=
 "content_and_artifact"`` the full :class:`ExecutionResult` rides along as the
 ``ToolMessage`` artifact, so an orchestrator can show the images. An error in the
-code is a normal result (its traceback as text); a sandbox failure is a
-``ToolException``, returned as text with ``status="error"`` (``handle_tool_error``).
+code is a normal result (its traceback as text), and its ``ToolMessage`` has
+``status="error"`` (a cell that raised, timed out or whose kernel died: what MCP's
+``isError`` says), so a graph can branch on a failed cell without parsing text; a
+sandbox failure is a ``ToolException``, returned as text with ``status="error"`` too
+(``handle_tool_error``).
+
+Checkpoints: the artifact is a plain :class:`ExecutionResult` (a dataclass of this
+package, which a checkpoint serializer need not know). To keep it in a LangGraph state
+that is checkpointed, keep ``result.to_dict()`` (plain JSON) and rebuild the result
+with the public :meth:`ExecutionResult.from_dict`, which round-trips every result kind.
 
 ``invoke`` starts a :class:`Session` (its own event loop thread), ``ainvoke`` an
 :class:`AsyncSession` on the caller's loop. Whichever starts first is *the* sandbox:
@@ -26,11 +34,13 @@ thread (else it is refused: the sandbox is bound to its loop).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.messages import ToolMessage
 from langchain_core.tools import ArgsSchema, BaseTool, ToolException
 from pydantic import BaseModel, Field, PrivateAttr
 
@@ -42,6 +52,11 @@ from sandbox._sync import Session
 from sandbox.mcp_server import MAX_TEXT_CHARS, render_text
 
 T = TypeVar("T")
+
+# The statuses of the cells one run()/arun() call ran. LangChain runs _run in a copy
+# of the caller's context: the list object is shared, so _run can report through it.
+_CELL_STATUSES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "agentbox_cell_statuses", default=None)
 
 
 class SandboxInput(BaseModel):
@@ -83,8 +98,32 @@ class SandboxTool(BaseTool):
         return self._sync or self._async
 
     # -- LangChain entry points -------------------------------------------------------
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        statuses: list[str] = []
+        token = _CELL_STATUSES.set(statuses)
+        try:
+            return _mark_failed(super().run(*args, **kwargs), statuses)
+        finally:
+            _CELL_STATUSES.reset(token)
+
+    async def arun(self, *args: Any, **kwargs: Any) -> Any:
+        statuses: list[str] = []
+        token = _CELL_STATUSES.set(statuses)
+        try:
+            return _mark_failed(await super().arun(*args, **kwargs), statuses)
+        finally:
+            _CELL_STATUSES.reset(token)
+
+    def _output(self, result: ExecutionResult) -> tuple[str, ExecutionResult] | str:
+        statuses = _CELL_STATUSES.get()
+        if statuses is not None:
+            statuses.append(result.status)
+        text = render_text(result, max_chars=self.max_chars)
+        return (text, result) if self.response_format == "content_and_artifact" else text
+
     def _run(self, code: str, timeout_s: float | None = None,
-             run_manager: CallbackManagerForToolRun | None = None) -> tuple[str, ExecutionResult]:
+             run_manager: CallbackManagerForToolRun | None = None,
+             ) -> tuple[str, ExecutionResult] | str:
         try:
             box = self._async
             if box is not None:
@@ -93,11 +132,11 @@ class SandboxTool(BaseTool):
                 result = self._sync_session().execute(code, timeout=timeout_s)
         except SandboxError as exc:
             raise ToolException(str(exc)) from exc
-        return render_text(result, max_chars=self.max_chars), result
+        return self._output(result)
 
     async def _arun(self, code: str, timeout_s: float | None = None,
                     run_manager: AsyncCallbackManagerForToolRun | None = None,
-                    ) -> tuple[str, ExecutionResult]:
+                    ) -> tuple[str, ExecutionResult] | str:
         try:
             sync = self._sync
             if sync is not None:  # started by invoke: share it without blocking this loop
@@ -106,7 +145,7 @@ class SandboxTool(BaseTool):
                 result = await (await self._async_session()).execute(code, timeout=timeout_s)
         except SandboxError as exc:
             raise ToolException(str(exc)) from exc
-        return render_text(result, max_chars=self.max_chars), result
+        return self._output(result)
 
     # -- the sandbox ----------------------------------------------------------------------
     def _sync_session(self) -> Session:
@@ -184,6 +223,13 @@ class SandboxTool(BaseTool):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _mark_failed(output: Any, statuses: list[str]) -> Any:
+    """A tool message of a cell that did not finish cleanly says so: status "error"."""
+    if isinstance(output, ToolMessage) and any(s != "ok" for s in statuses):
+        output.status = "error"
+    return output
 
 
 def _invalid_input(exc: Exception) -> str:

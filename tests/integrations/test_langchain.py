@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,3 +89,78 @@ async def test_ainvoke_keeps_state_and_aclose_removes_the_sandbox(engine: Any) -
         # invoke from another thread runs on this (the owning) loop.
         assert await asyncio.to_thread(tool.invoke, {"code": "y"}) == "2"
     assert tool.session is None and not container_exists(engine, container)
+
+
+def tool_call(tool: SandboxTool, code: str, **args: Any) -> ToolMessage:
+    msg = tool.invoke({"type": "tool_call", "id": "c", "name": tool.name,
+                       "args": {"code": code, **args}})
+    assert isinstance(msg, ToolMessage)
+    return msg
+
+
+def test_a_failed_cell_is_a_tool_message_with_status_error(tool: SandboxTool) -> None:
+    # As MCP's isError: a graph can route on the status, not on the text.
+    assert tool_call(tool, "1 + 1").status == "success"
+    failed = tool_call(tool, "1 / 0")
+    assert failed.status == "error" and "ZeroDivisionError" in failed.content
+    assert isinstance(failed.artifact, ExecutionResult) and failed.artifact.status == "error"
+    stuck = tool_call(tool, "while True: pass", timeout_s=1)
+    assert stuck.status == "error" and stuck.artifact.status == "timeout"
+    assert tool_call(tool, "'fine'").status == "success"  # the next clean cell is not marked
+    plain = SandboxTool(response_format="content")  # no artifact: the status still says it
+    try:
+        msg = tool_call(plain, "raise ValueError('no')")
+        assert msg.status == "error" and "ValueError: no" in msg.content and msg.artifact is None
+        assert tool_call(plain, "2").content == "2"
+    finally:
+        plain.close()
+
+
+async def test_ainvoke_marks_a_failed_cell_too() -> None:
+    async with SandboxTool() as tool:
+        msg = await tool.ainvoke({"type": "tool_call", "id": "a", "name": tool.name,
+                                  "args": {"code": "import os; os._exit(3)"}})
+        assert isinstance(msg, ToolMessage) and msg.status == "error"
+        assert msg.artifact.status == "died"
+        ok = await tool.ainvoke({"type": "tool_call", "id": "b", "name": tool.name,
+                                 "args": {"code": "1"}})
+        assert ok.status == "success"
+
+
+def round_trips(result: ExecutionResult) -> None:
+    data = result.to_dict()
+    back = ExecutionResult.from_dict(json.loads(json.dumps(data)))  # through plain JSON
+    assert back.to_dict() == data
+    assert (back.status, back.images, back.text, back.stdout, back.stderr) == \
+        (result.status, result.images, result.text, result.stdout, result.stderr)
+    assert back.timeout == result.timeout and back.death == result.death
+    assert [type(o) for o in back.outputs] == [type(o) for o in result.outputs]
+
+
+def test_every_result_kind_survives_a_checkpoint(tool: SandboxTool) -> None:
+    cells = {
+        "ok": "import matplotlib.pyplot as plt, pandas as pd\nprint('out')\n"
+              "import sys; print('err', file=sys.stderr)\nplt.plot([1, 2]); plt.show()\n"
+              "display(pd.DataFrame({'a': [1]}))\n6 * 7",
+        "error": "print('before')\n1 / 0",
+        "timeout": "while True: pass",
+        "died": "import os; os._exit(3)",
+    }
+    for status, code in cells.items():
+        msg = tool_call(tool, code, timeout_s=2)
+        assert isinstance(msg.artifact, ExecutionResult) and msg.artifact.status == status
+        round_trips(msg.artifact)
+    # What a real kernel rarely gives in one cell: every optional field set.
+    from sandbox._models import DisplayOutput, ErrorOutput, KernelDeath, StreamOutput, TimeoutInfo
+
+    round_trips(ExecutionResult(
+        status="timeout", execution_count=7, duration_s=1.234567, truncated=True,
+        outputs=[StreamOutput("stdout", "a"), StreamOutput("stderr", "b"),
+                 DisplayOutput("display_data", {"text/plain": "d"}, {"m": 1}, display_id="i"),
+                 DisplayOutput("execute_result", {"text/plain": "1"}, execution_count=7),
+                 ErrorOutput("E", "v", ["tb"])],
+        timeout=TimeoutInfo(2.5, "replace", state_lost=True, files_lost=True),
+        death=KernelDeath("oom", exit_code=137, signal=9, oom_killed=True),
+        kernel_restarted=True, notes=["cut"]))
+    with pytest.raises(ValueError, match="unknown output type"):
+        ExecutionResult.from_dict({"status": "ok", "outputs": [{"type": "nope"}]})
