@@ -6,7 +6,7 @@
     agentbox demo [--out FILE]                          a pandas + matplotlib analysis, cell by cell
     agentbox run FILE [-o OUT.ipynb] [--server URL]     a .py (# %% cells) or .ipynb, cell by cell
     agentbox serve [--host H] [--port P] [--pool-size N]  the HTTP API
-    agentbox gc                                         remove containers/dirs left by dead managers
+    agentbox gc [--all]                                 remove containers/dirs left by dead managers
     agentbox kernelspec install [--user|--prefix P]     a Jupyter kernel that runs in a sandbox
     agentbox mcp [--transport stdio|streamable-http]    sandboxes as Model Context Protocol tools
 
@@ -145,7 +145,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_gc(args: argparse.Namespace) -> int:
     from sandbox._manager import collect_garbage
 
-    removed = collect_garbage()
+    removed = collect_garbage(engine_wide=args.all)
     console.print(
         f"removed {removed.containers} container(s) and {removed.directories} directory(ies)"
     )
@@ -182,9 +182,19 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentbox")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentbox", description="Agent Box: hardened Jupyter sandboxes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"agentbox {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     image = sub.add_parser("image", help="the kernel image").add_subparsers(dest="image_cmd", required=True)
@@ -225,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in data dir)")
     serve.set_defaults(func=_cmd_serve)
 
-    gc = sub.add_parser("gc", help="remove containers and directories left by dead managers")
+    gc = sub.add_parser("gc", help="remove containers and directories left by dead managers "
+                        "under this run root ($AGENTBOX_RUN_ROOT)")
+    gc.add_argument("--all", action="store_true",
+                    help="engine-wide: also containers of dead owners under other run roots "
+                    "(another user's or another tool's)")
     gc.set_defaults(func=_cmd_gc)
 
     kernelspec = sub.add_parser("kernelspec", help="Jupyter kernelspec running kernels in sandboxes")
@@ -247,15 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--host", default="127.0.0.1", help="streamable-http bind address")
     mcp.add_argument("--port", type=int, default=8000, help="streamable-http port")
     mcp.add_argument("--allow-remote", action="store_true",
-                     help="allow a non-loopback --host (the endpoint has no authentication)")
+                     help="allow a non-loopback --host without API keys (behind a proxy that "
+                     "authenticates); with AGENTBOX_API_KEYS or AGENTBOX_API_KEYS_FILE set, "
+                     "every request needs a bearer key and any --host may be bound")
     mcp.add_argument("--allowed-host", action="append", default=[], metavar="HOST[:PORT]",
                      help="another Host header to accept (what a proxy in front sends); "
                      "the name and address bound are always accepted, nothing else")
     mcp.add_argument("--max-sessions", type=int, default=32,
-                     help="open streamable-http sessions (each holds at most one sandbox)")
+                     help="open streamable-http sessions (each holds at most one sandbox), "
+                     "and as many stateless sandbox handles")
     mcp.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
-                     help="close a streamable-http session (and remove its sandbox) after "
-                     "this long without a request")
+                     help="close a streamable-http session or stateless handle (and remove "
+                     "its sandbox) after this long without a request")
     mcp.set_defaults(func=_cmd_mcp)
     return parser
 

@@ -16,8 +16,15 @@ Tools: ``run_code``, ``upload_file``, ``download_file``, ``list_files``, ``resta
   503 with Retry-After at once. The endpoint binds only loopback addresses unless
   told otherwise, and the SDK's Host/Origin (DNS-rebinding) check is always on, for
   exactly the name and address bound (:func:`bind_http`).
-- *streamable HTTP* at protocol 2026-07-28 is stateless: a request belongs to no
-  session, so the tools refuse it with a tool error naming the two ways that work.
+- *streamable HTTP* at protocol 2026-07-28 (the SDK client's default) is stateless:
+  a request belongs to no session, so the sandbox is named by the tools' ``session``
+  argument instead. ``run_code`` or ``upload_file`` without it start a sandbox and
+  return its handle (a text line, and ``_meta["agentbox/session"]``); later calls pass
+  it. A handle is bound to the API key that got it, at most ``max_sessions`` are open,
+  and one unused for ``idle_timeout_s`` is closed with its sandbox.
+- *API keys*: with ``AGENTBOX_API_KEYS`` / ``AGENTBOX_API_KEYS_FILE`` set (as for
+  ``agentbox serve``) every HTTP request needs ``Authorization: Bearer <key>``
+  (:class:`BearerAuth`, 401 otherwise), and the endpoint may bind beyond loopback.
 
 Results: the cell's text (stdout, stderr, value, DataFrames as markdown tables, image
 markers, the traceback, notes on timeout/death/truncation) as one text block, then
@@ -35,6 +42,8 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import io
 import ipaddress
 import json
@@ -42,6 +51,8 @@ import logging
 import math
 import mimetypes
 import os
+import re
+import secrets
 import signal
 import socket
 import threading
@@ -78,6 +89,8 @@ DOWNLOAD_LIMIT = 2 * MiB
 CLOSE_TIMEOUT_S = 30.0
 HTTP_MAX_SESSIONS = 32  # open MCP sessions over streamable HTTP, each with at most one sandbox
 HTTP_IDLE_TIMEOUT_S = 5 * 60.0  # a session with no request for this long is closed, its sandbox removed
+SESSION_META_KEY = "agentbox/session"  # a stateless result's _meta: the sandbox's handle
+_HANDLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WORKDIR = "/home/sandbox"
 
 
@@ -180,15 +193,96 @@ def _cell(value: object) -> str:
 
 
 # -- sandboxes by MCP session ---------------------------------------------------------------
-class Sandboxes:
-    """The sandboxes of one server lifespan, one per scope key (an MCP session)."""
+@dataclasses.dataclass(frozen=True)
+class BoxScope:
+    """Which sandbox a tool call uses: an MCP session's, or a stateless handle's."""
 
-    def __init__(self, config: SandboxConfig, task_group: anyio.abc.TaskGroup) -> None:
+    key: str
+    connection: "Connection | None" = None
+    handle: str | None = None  # stateless requests: what the client passes as `session`
+    issued: bool = False  # the handle is new, issued by this call
+
+
+class Sandboxes:
+    """The sandboxes of one server lifespan, one per scope key (an MCP session or a
+    stateless handle). Handles are bounded and reclaimed here (sessions by
+    :class:`SessionGuard`): at most ``limits.max_sessions``, each closed after
+    ``limits.idle_timeout_s`` without a call."""
+
+    def __init__(self, config: SandboxConfig, task_group: anyio.abc.TaskGroup,
+                 limits: "HttpLimits | None" = None) -> None:
         self.config = config
+        self.limits = limits or HttpLimits()
         self._tg = task_group
         self._boxes: dict[str, AsyncSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._handles: dict[str, _Tracked] = {}  # open stateless handles, by key
+        self._reaper: anyio.CancelScope | None = None
         self._closing = False
+        self.reclaimed = 0  # handles closed for being idle (logged too)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, scope: BoxScope, *, create: bool = True
+                   ) -> AsyncIterator[AsyncSession | None]:
+        """The scope's sandbox for one tool call; a handle in use is never reclaimed."""
+        tracked = self._claim(scope) if scope.handle is not None else None
+        if tracked is not None:
+            tracked.in_flight += 1
+        try:
+            try:
+                box = await self.get(scope.key, scope.connection) if create \
+                    else self.peek(scope.key)
+            except BaseException:
+                if scope.issued:  # the client never learns this handle: free its slot now
+                    self._handles.pop(scope.key, None)
+                raise
+            yield box
+        finally:
+            if tracked is not None:
+                tracked.in_flight -= 1
+                tracked.last_active = time.monotonic()
+
+    def _claim(self, scope: BoxScope) -> "_Tracked":
+        tracked = self._handles.get(scope.key)
+        if tracked is not None:
+            return tracked
+        if not scope.issued:
+            raise SandboxError(
+                f"unknown session {scope.handle!r}: it was closed (after "
+                f"{self.limits.idle_timeout_s:g}s without a call, or a server restart) or "
+                "was never issued to this API key; call run_code without `session` to start "
+                "a new sandbox (variables and files of the old one are gone)")
+        if len(self._handles) >= self.limits.max_sessions:
+            self._reap_overdue()
+        if len(self._handles) >= self.limits.max_sessions:
+            log.warning("refused a new stateless sandbox: %d are open (the limit)",
+                        len(self._handles))
+            raise SandboxError(
+                f"too many open sandboxes ({self.limits.max_sessions}); one is closed after "
+                f"{self.limits.idle_timeout_s:g}s without a call: retry later, or reuse a "
+                "`session` you were given")
+        tracked = self._handles[scope.key] = _Tracked(time.monotonic())
+        if self._reaper is None:
+            self._reaper = anyio.CancelScope()
+            self._tg.start_soon(self._reap_forever, self._reaper)
+        return tracked
+
+    async def _reap_forever(self, scope: anyio.CancelScope) -> None:
+        interval = min(5.0, max(0.05, self.limits.idle_timeout_s / 4))
+        with scope:
+            while True:
+                await anyio.sleep(interval)
+                self._reap_overdue()
+
+    def _reap_overdue(self) -> None:
+        deadline = time.monotonic() - self.limits.idle_timeout_s
+        for key, tracked in list(self._handles.items()):
+            if not tracked.in_flight and tracked.last_active <= deadline:
+                del self._handles[key]
+                self.discard(key)
+                self.reclaimed += 1
+                log.info("closed idle stateless sandbox %s (no call for %gs)",
+                         key.rsplit(":", 1)[-1][:8], self.limits.idle_timeout_s)
 
     def peek(self, key: str) -> AsyncSession | None:
         box = self._boxes.get(key)
@@ -222,6 +316,9 @@ class Sandboxes:
 
     def close_all(self) -> None:
         self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        self._handles.clear()
         for key in list(self._boxes):
             self.discard(key)
 
@@ -232,31 +329,53 @@ async def _close(box: AsyncSession) -> None:
 
 
 @contextlib.asynccontextmanager
-async def sandboxes(config: SandboxConfig) -> AsyncIterator[Sandboxes]:
+async def sandboxes(config: SandboxConfig,
+                    limits: "HttpLimits | None" = None) -> AsyncIterator[Sandboxes]:
     """Owns every sandbox started within; all are removed (shielded) on the way out."""
     async with anyio.create_task_group() as tg:
-        boxes = Sandboxes(config, tg)
+        boxes = Sandboxes(config, tg, limits)
         try:
             yield boxes
         finally:
             boxes.close_all()  # the task group waits for the removals
 
 
-def scope_of(request: "ServerRequestContext[Any, Any]") -> "tuple[str, Connection | None]":
-    """The MCP session a request belongs to: its key and, for HTTP, its SDK Connection."""
+def scope_of(request: "ServerRequestContext[Any, Any]", session: str | None = None, *,
+             issue: bool = False) -> BoxScope:
+    """Which sandbox a request uses: its MCP session's (stdio, or HTTP with the handshake),
+    else (stateless HTTP) the one *session* names; *issue*: a new handle when none is given."""
     from mcp.server.connection import Connection
 
     # mcp 2.3 offers no public accessor from a tool's context to its Connection.
     connection = getattr(request.session, "_connection", None)
     if isinstance(connection, Connection) and connection.session_id is not None:
-        return f"http:{connection.session_id}", connection
-    if request.request is None:
-        return "stdio", None
-    raise SandboxError(
-        "this server keeps one sandbox per MCP session, and this request belongs to none "
-        "(stateless streamable HTTP, protocol 2026-07-28): connect with the initialize "
-        "handshake, which opens a session (mcp.Client(url, mode='legacy')), or run "
-        "`agentbox mcp` over stdio")
+        scope = BoxScope(f"http:{connection.session_id}", connection)
+    elif request.request is None:
+        scope = BoxScope("stdio")
+    else:
+        return _stateless_scope(request.request, session, issue=issue)
+    if session is not None:
+        raise SandboxError("this MCP session has its own sandbox: leave `session` out (it "
+                           "names a sandbox only in stateless requests, protocol 2026-07-28)")
+    return scope
+
+
+def _stateless_scope(http_request: Any, session: str | None, *, issue: bool) -> BoxScope:
+    # A handle belongs to the key that got it: another key naming it gets "unknown".
+    headers = getattr(http_request, "headers", None) or {}
+    owner = hashlib.sha256(str(headers.get("authorization", "")).encode()).hexdigest()[:16]
+    if session is None:
+        if not issue:
+            raise SandboxError(
+                "no sandbox named: a stateless request (protocol 2026-07-28) names its sandbox "
+                "with `session`; call run_code without it to start one, then pass the "
+                "session it returns")
+        handle = secrets.token_urlsafe(18)
+        return BoxScope(f"handle:{owner}:{handle}", handle=handle, issued=True)
+    if not _HANDLE.fullmatch(session):
+        raise SandboxError("`session` is a handle this server returned (letters, digits, - "
+                           "and _, at most 64)")
+    return BoxScope(f"handle:{owner}:{session}", handle=session)
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -267,8 +386,8 @@ calls of this MCP session. pandas, numpy, scipy, matplotlib and pyarrow are inst
 Figures come back as images, DataFrames as tables."""
 
 
-def build_server(config: SandboxConfig | None = None, *,
-                 download_limit: int = DOWNLOAD_LIMIT) -> "MCPServer[Sandboxes]":
+def build_server(config: SandboxConfig | None = None, *, download_limit: int = DOWNLOAD_LIMIT,
+                 limits: "HttpLimits | None" = None) -> "MCPServer[Sandboxes]":
     """An MCP server whose tools drive one sandbox per MCP session."""
     # The SDK is imported here, not at module level, so the rendering above works
     # without the `mcp` extra. The tools' annotations are evaluated at definition
@@ -289,37 +408,54 @@ def build_server(config: SandboxConfig | None = None, *,
 
     base = config or SandboxConfig()
     box_config = base.with_(max_download_bytes=min(base.max_download_bytes, download_limit))
+    boxes_limits = limits or HttpLimits()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: "MCPServer[Sandboxes]") -> AsyncIterator[Sandboxes]:
-        async with sandboxes(box_config) as boxes:
+        async with sandboxes(box_config, boxes_limits) as boxes:
             yield boxes
 
     server: MCPServer[Sandboxes] = MCPServer("agentbox", instructions=INSTRUCTIONS,
                                              version=_version(), lifespan=lifespan)
 
     @contextlib.contextmanager
-    def tool_errors(ctx: Context[Sandboxes, Any]) -> Iterator[None]:
+    def tool_errors(ctx: Context[Sandboxes, Any], scope: BoxScope | None = None) -> Iterator[None]:
         """Sandbox failures as tool errors; a lost sandbox is dropped for a fresh one."""
         try:
             yield
         except SessionLostError as exc:
-            ctx.request_context.lifespan_context.discard(scope_of(ctx.request_context)[0])
+            if scope is not None:
+                ctx.request_context.lifespan_context.discard(scope.key)
             raise ToolError(f"{exc}; the next call starts a fresh sandbox (variables and "
                             "files are gone)") from exc
         except SandboxError as exc:  # ConfigError, UnsafePathError, FileOperationError...
             raise ToolError(str(exc)) from exc
 
-    async def sandbox(ctx: Context[Sandboxes, Any], *, create: bool = True) -> AsyncSession | None:
+    @contextlib.asynccontextmanager
+    async def sandbox(ctx: Context[Sandboxes, Any], session: str | None, *, issue: bool = False,
+                      create: bool = True) -> AsyncIterator[tuple[AsyncSession | None, BoxScope]]:
+        """The call's sandbox (None: *create* is off and it has none) and its scope; a
+        sandbox failure inside the block is a tool error."""
         boxes = ctx.request_context.lifespan_context
         with tool_errors(ctx):
-            key, connection = scope_of(ctx.request_context)
-            return await boxes.get(key, connection) if create else boxes.peek(key)
+            scope = scope_of(ctx.request_context, session, issue=issue)
+        with tool_errors(ctx, scope):
+            async with boxes.hold(scope, create=create) as box:
+                yield box, scope
 
-    async def use(ctx: Context[Sandboxes, Any]) -> AsyncSession:
-        box = await sandbox(ctx)
-        assert box is not None
-        return box
+    def issued_note(scope: BoxScope) -> str | None:
+        if not scope.issued:
+            return None
+        return (f'[session] {scope.handle}: pass session="{scope.handle}" to the next calls to '
+                "keep using this sandbox (its variables and files); it is removed after "
+                f"{boxes_limits.idle_timeout_s:g}s without a call")
+
+    def meta_of(scope: BoxScope) -> dict[str, Any] | None:
+        return {SESSION_META_KEY: scope.handle} if scope.handle is not None else None
+
+    session_field = Field(description="stateless clients (protocol 2026-07-28) only: the "
+                          "sandbox handle a first run_code or upload_file returned; leave "
+                          "it out in an MCP session (stdio, or HTTP with initialize)")
 
     @server.tool(annotations=ToolAnnotations(title="Run Python", destructive_hint=False,
                                              open_world_hint=False))
@@ -329,6 +465,7 @@ def build_server(config: SandboxConfig | None = None, *,
         timeout_s: Annotated[float | None, Field(
             gt=0, le=3600, description="time limit for this call in seconds (default "
             f"{box_config.execution_timeout_s:g})")] = None,
+        session: Annotated[str | None, session_field] = None,
     ) -> CallToolResult:
         """Run Python code in this session's sandbox and return its output.
 
@@ -336,8 +473,8 @@ def build_server(config: SandboxConfig | None = None, *,
         directory. The value of the last expression is shown, DataFrames as tables,
         matplotlib figures as images. An exception comes back as its traceback with
         isError set; a cell over its time limit is stopped (timeout)."""
-        box = await use(ctx)
-        with tool_errors(ctx):
+        async with sandbox(ctx, session, issue=True) as (box, scope):
+            assert box is not None
             result = await box.execute(code, timeout=timeout_s)
         content: list[ContentBlock] = [TextContent(text=render_text(result))]
         images = [(mime, blob) for mime, blob in result.images if mime in RASTER_MIMES]
@@ -346,9 +483,11 @@ def build_server(config: SandboxConfig | None = None, *,
         if len(images) > MAX_IMAGES:
             content.append(TextContent(text=f"[note] {len(images) - MAX_IMAGES} more images "
                                             "not attached"))
-        return CallToolResult(content=content, is_error=result.status != "ok")
+        if (note := issued_note(scope)) is not None:
+            content.append(TextContent(text=note))
+        return CallToolResult(content=content, is_error=result.status != "ok", meta=meta_of(scope))
 
-    @server.tool(structured_output=False, annotations=ToolAnnotations(
+    @server.tool(annotations=ToolAnnotations(
         title="Upload a file", destructive_hint=True, idempotent_hint=True,
         open_world_hint=False))
     async def upload_file(
@@ -357,7 +496,8 @@ def build_server(config: SandboxConfig | None = None, *,
                                                "created, an existing file is replaced")],
         content_base64: Annotated[str | None, Field(description="the bytes, base64")] = None,
         text: Annotated[str | None, Field(description="or the content as UTF-8 text")] = None,
-    ) -> str:
+        session: Annotated[str | None, session_field] = None,
+    ) -> CallToolResult:
         """Write a file into the sandbox's working directory (give content_base64 or text)."""
         if (content_base64 is None) == (text is None):
             raise ToolError("give exactly one of content_base64 or text")
@@ -368,10 +508,12 @@ def build_server(config: SandboxConfig | None = None, *,
                 raise ToolError(f"content_base64 is not valid base64: {exc}") from exc
         else:
             data = (text or "").encode()
-        box = await use(ctx)
-        with tool_errors(ctx):
+        async with sandbox(ctx, session, issue=True) as (box, scope):
+            assert box is not None
             await box.upload(path, data)
-        return f"wrote {len(data)} bytes to {path}"
+        lines = [f"wrote {len(data)} bytes to {path}", issued_note(scope)]
+        return CallToolResult(content=[TextContent(text="\n".join(x for x in lines if x))],
+                              meta=meta_of(scope))
 
     @server.tool(description="Read a file from the sandbox's working directory: UTF-8 text as "
                  "text, PNG/JPEG/GIF/WebP as an image, other bytes as a base64 blob. Files "
@@ -381,9 +523,10 @@ def build_server(config: SandboxConfig | None = None, *,
     async def download_file(
         ctx: Context[Sandboxes, Any],
         path: Annotated[str, Field(description=f"path relative to {WORKDIR}")],
+        session: Annotated[str | None, session_field] = None,
     ) -> CallToolResult:
-        box = await use(ctx)
-        with tool_errors(ctx):
+        async with sandbox(ctx, session) as (box, _):
+            assert box is not None
             data = await box.download(path)
         mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
         if mime in RASTER_MIMES:
@@ -400,10 +543,11 @@ def build_server(config: SandboxConfig | None = None, *,
 
     @server.tool(structured_output=False, annotations=ToolAnnotations(
         title="List files", read_only_hint=True, open_world_hint=False))
-    async def list_files(ctx: Context[Sandboxes, Any]) -> str:
+    async def list_files(ctx: Context[Sandboxes, Any],
+                         session: Annotated[str | None, session_field] = None) -> str:
         """List every file and directory under the sandbox's working directory."""
-        box = await use(ctx)
-        with tool_errors(ctx):
+        async with sandbox(ctx, session) as (box, _):
+            assert box is not None
             files = await box.list_files()
         if not files:
             return "(the working directory is empty)"
@@ -413,12 +557,12 @@ def build_server(config: SandboxConfig | None = None, *,
     @server.tool(structured_output=False, annotations=ToolAnnotations(
         title="Restart the kernel", destructive_hint=True, idempotent_hint=True,
         open_world_hint=False))
-    async def restart(ctx: Context[Sandboxes, Any]) -> str:
+    async def restart(ctx: Context[Sandboxes, Any],
+                      session: Annotated[str | None, session_field] = None) -> str:
         """Restart the Python kernel: variables and imports are cleared, files are kept."""
-        box = await sandbox(ctx, create=False)
-        if box is None:
-            return "no sandbox was running; the next run_code starts a fresh one"
-        with tool_errors(ctx):
+        async with sandbox(ctx, session, create=False) as (box, _):
+            if box is None:
+                return "no sandbox was running; the next run_code starts a fresh one"
             await box.restart()
         return "restarted: a fresh kernel is running; variables are gone, files are kept"
 
@@ -474,12 +618,14 @@ def bind_http(host: str, port: int, *, allow_remote: bool = False,
               allowed_hosts: Sequence[str] = ()) -> tuple[socket.socket, list[str]]:
     """A listening socket for the MCP endpoint and the Host headers it answers to.
 
-    The endpoint has no authentication, so by default it binds only what really is a
-    loopback address: every address *host* resolves to must be one (``localhost`` that
-    resolves elsewhere is refused), and so must the address actually bound. The Host
+    Without API keys the endpoint has no authentication, so by default it binds only
+    what really is a loopback address: every address *host* resolves to must be one
+    (``localhost`` that resolves elsewhere is refused), and so must the address actually
+    bound (*allow_remote*: with keys, or behind a proxy that authenticates). The Host
     headers allowed are exactly the name given and the address bound, with the port
-    bound (a browser on a DNS-rebound name sends that name: refused), plus
-    *allowed_hosts* (what a proxy in front sends, for --allow-remote)."""
+    bound (a browser on a DNS-rebound name sends that name: refused), ``localhost`` too
+    when the address bound is 127.0.0.1 or ::1 (what it resolves to), plus
+    *allowed_hosts* (what a proxy in front sends)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
@@ -487,8 +633,9 @@ def bind_http(host: str, port: int, *, allow_remote: bool = False,
     addresses = [str(info[4][0]) for info in infos]
     if not allow_remote and not all(_is_loopback(a) for a in addresses):
         raise ConfigError(f"refusing to bind {host} ({', '.join(sorted(set(addresses)))}): the "
-                          "MCP endpoint has no authentication; bind a loopback address (or pass "
-                          "--allow-remote behind a proxy that authenticates)")
+                          "MCP endpoint has no authentication; set AGENTBOX_API_KEYS (or "
+                          "AGENTBOX_API_KEYS_FILE), bind a loopback address, or pass "
+                          "--allow-remote behind a proxy that authenticates")
     family, kind, proto, _, address = infos[0]
     if _is_wildcard(str(address[0])) and not allowed_hosts:
         raise ConfigError(f"binding {host} would answer to any name: pass --allowed-host with "
@@ -506,7 +653,10 @@ def bind_http(host: str, port: int, *, allow_remote: bool = False,
     if not allow_remote and not _is_loopback(bound_address):  # what the kernel really bound
         sock.close()
         raise ConfigError(f"{host} bound {bound_address}, which is not a loopback address")
-    names = [] if _is_wildcard(bound_address) else list(dict.fromkeys([host, bound_address]))
+    names = [] if _is_wildcard(bound_address) else [host, bound_address]
+    if bound_address in ("127.0.0.1", "::1"):  # a client may well say "localhost"
+        names.append("localhost")
+    names = list(dict.fromkeys(names))
     hosts = [_host_header(n, bound_port) for n in names] + list(allowed_hosts)
     return sock, hosts
 
@@ -695,36 +845,110 @@ class SessionGuard:
         return wrapped
 
 
+# -- API keys -------------------------------------------------------------------------------
+def api_keys(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The bearer tokens, read as ``agentbox serve`` reads them: ``AGENTBOX_API_KEYS``
+    (comma-separated) and ``AGENTBOX_API_KEYS_FILE`` (one a line, ``#`` comments)."""
+    env = os.environ if environ is None else environ
+    tokens = [t.strip() for t in env.get("AGENTBOX_API_KEYS", "").split(",") if t.strip()]
+    path = env.get("AGENTBOX_API_KEYS_FILE", "").strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as keys_file:
+                lines = keys_file.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read AGENTBOX_API_KEYS_FILE {path}: {exc}") from exc
+        tokens += [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]
+    return tokens
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <one of the
+    keys>``, else 401 with ``WWW-Authenticate: Bearer`` (before any session is counted
+    or any sandbox started). Each key is compared as a SHA-256 digest with
+    ``hmac.compare_digest``, all of them every time: the answer's timing says nothing
+    about which key, or how much of one, matched."""
+
+    def __init__(self, app: "ASGIApp", keys: Sequence[str]) -> None:
+        if not keys:
+            raise ConfigError("BearerAuth needs at least one key")
+        self.app = app
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+        self.refused = 0
+
+    def allows(self, authorization: bytes) -> bool:
+        scheme, _, token = authorization.partition(b" ")
+        offered = hashlib.sha256(token.strip()).digest()
+        matched = False
+        for known in self._digests:
+            matched |= hmac.compare_digest(known, offered)
+        return matched and scheme.lower() == b"bearer"
+
+    async def __call__(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict((k.lower(), v) for k, v in scope["headers"])
+        if self.allows(headers.get(b"authorization", b"")):
+            await self.app(scope, receive, send)
+            return
+        from starlette.responses import JSONResponse
+
+        self.refused += 1
+        body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": (
+            "missing or wrong API key: send Authorization: Bearer <key> (one of "
+            "AGENTBOX_API_KEYS / AGENTBOX_API_KEYS_FILE)")}}
+        await JSONResponse(body, status_code=401, headers={
+            "WWW-Authenticate": 'Bearer realm="agentbox"'})(scope, receive, send)
+
+
 def run(transport: Transport = "stdio", host: str = "127.0.0.1", port: int = 8000, *,
         config: SandboxConfig | None = None, allow_remote: bool = False,
-        allowed_hosts: Sequence[str] = (), limits: HttpLimits | None = None) -> None:
+        allowed_hosts: Sequence[str] = (), limits: HttpLimits | None = None,
+        keys: Sequence[str] | None = None) -> None:
     """Serve until the client disconnects (stdio) or the process is signalled; every
-    sandbox is removed on the way out."""
+    sandbox is removed on the way out. Over HTTP, *keys* (default: :func:`api_keys`)
+    turn on bearer authentication and allow a non-loopback bind."""
     if transport not in ("stdio", "streamable-http"):
         raise ConfigError(f"unknown transport {transport!r}; use stdio or streamable-http")
     if transport == "stdio":
         anyio.run(_serve_stdio, build_server(config))
         return
     limits = limits or HttpLimits()
-    sock, hosts = bind_http(host, port, allow_remote=allow_remote, allowed_hosts=allowed_hosts)
+    keys = list(api_keys() if keys is None else keys)
+    sock, hosts = bind_http(host, port, allow_remote=allow_remote or bool(keys),
+                            allowed_hosts=allowed_hosts)
+    log.info("MCP endpoint on %s (auth %s)", hosts[0] if hosts else host,
+                "on: bearer API keys" if keys else "off")
     with sock:
-        anyio.run(_serve_http, build_server(config), sock, hosts, limits)
+        anyio.run(_serve_http, build_server(config, limits=limits), sock, hosts, limits, keys)
 
 
 async def _serve_http(server: "MCPServer[Sandboxes]", sock: socket.socket, hosts: list[str],
-                      limits: HttpLimits) -> None:
+                      limits: HttpLimits, keys: Sequence[str] = ()) -> None:
     """uvicorn on our own socket (the one whose address the Host check was built from);
     uvicorn handles SIGINT/SIGTERM: graceful shutdown runs the lifespan's exit."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once it has shut down, so the process would
+            # end "killed by SIGTERM"; a clean stop exits 0, as `agentbox serve` does.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     app = server.streamable_http_app(
         transport_security=transport_security(hosts),
         # The guard bounds sessions and ends idle ones; the SDK's limit stays as a backstop.
         max_sessions=limits.max_sessions, session_idle_timeout=None)
-    guarded = SessionGuard(app, limits, host_header=hosts[0])
+    guarded: ASGIApp = SessionGuard(app, limits, host_header=hosts[0])
+    if keys:
+        guarded = BearerAuth(guarded, keys)
     config = uvicorn.Config(guarded, log_level=server.settings.log_level.lower(),
                             timeout_graceful_shutdown=int(CLOSE_TIMEOUT_S))
-    await uvicorn.Server(config).serve(sockets=[sock])
+    await Server(config).serve(sockets=[sock])
 
 
 async def _serve_stdio(server: "MCPServer[Sandboxes]") -> None:

@@ -87,7 +87,7 @@ async def test_tools_state_plots_and_tables() -> None:
     async with stdio_session() as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
         assert set(tools) == {"run_code", "upload_file", "download_file", "list_files", "restart"}
-        assert set(tools["run_code"].input_schema["properties"]) == {"code", "timeout_s"}
+        assert set(tools["run_code"].input_schema["properties"]) == {"code", "timeout_s", "session"}
 
         first = await call(session, "run_code", code="x = 41\nprint('set')")
         assert not first.is_error and text(first) == "set"
@@ -238,15 +238,20 @@ async def test_streamable_http_one_sandbox_per_session(engine: Any) -> None:
             time.sleep(0.1)
         assert containers_of(engine, proc.pid) == [] and proc.poll() is None
 
-        async with Client(url) as stateless:  # 2026-07-28: no session to keep a sandbox in
-            refused = await call(stateless, "run_code", code="1")
-            assert refused.is_error and "belongs to none" in text(refused)
+        async with Client(url) as stateless:  # 2026-07-28: no session; a handle names the box
+            first = await call(stateless, "run_code", code="n = 5")
+            assert not first.is_error and first.meta is not None
+            handle = first.meta["agentbox/session"]
+            again = await stateless.call_tool("run_code", {"code": "n * 2", "session": handle})
+            assert isinstance(again, CallToolResult) and not again.is_error
+            assert text(again) == "10"
+            assert len(containers_of(engine, proc.pid)) == 1
 
         async with Client(url, mode="legacy") as three:
             await call(three, "run_code", code="1")
-            assert len(containers_of(engine, proc.pid)) == 1
-            proc.send_signal(signal.SIGTERM)  # graceful shutdown removes it too
-            proc.wait(timeout=30)
+            assert len(containers_of(engine, proc.pid)) == 2  # with the stateless one
+            proc.send_signal(signal.SIGTERM)  # graceful shutdown removes them too, exit 0
+            assert proc.wait(timeout=30) == 0
         assert containers_of(engine, proc.pid) == []
     finally:
         if proc.poll() is None:

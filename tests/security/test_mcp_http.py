@@ -107,6 +107,14 @@ def test_only_loopback_binds_and_the_host_list_is_what_is_bound() -> None:
         address, port = sock.getsockname()[:2]
         bound = f"[{address}]" if ":" in address else address
         assert hosts == [f"localhost:{port}", f"{bound}:{port}"]
+    sock, hosts = bind_http("127.0.0.1", 0)  # what 127.0.0.1 is called: localhost too
+    with sock:
+        port = sock.getsockname()[1]
+        assert hosts == [f"127.0.0.1:{port}", f"localhost:{port}"]
+    # With API keys (run() passes allow_remote) a wildcard binds, for the names given.
+    sock, hosts = bind_http("0.0.0.0", 0, allow_remote=True, allowed_hosts=["mcp.example"])
+    with sock:
+        assert hosts == ["mcp.example"]
 
 
 async def test_foreign_host_or_origin_is_refused() -> None:
@@ -203,3 +211,45 @@ async def run_code_expecting(client: Client, code: str, expected: str) -> None:
 
 async def _sleep_briefly() -> None:
     await anyio.sleep(0.2)
+
+
+# -- stateless handles (protocol 2026-07-28, the SDK client's default mode) ----------------
+HANDLE_IDLE_S = 4.0
+
+
+async def test_stateless_sandboxes_are_bounded_and_idle_ones_reclaimed(engine: Any) -> None:
+    # A default-mode client has no session: each run_code without `session` starts a
+    # sandbox. Unbounded, a loop of them would fill the engine; now at most
+    # --max-sessions are open, a new one past that is refused at once, an idle one is
+    # removed after the idle timeout, and one whose call is still running is not.
+    with mcp_server("127.0.0.1", "--max-sessions", "2", "--idle-timeout",
+                    str(HANDLE_IDLE_S)) as (proc, url):
+        async with Client(url) as client:
+            handles = []
+            for n in (1, 2):
+                result = await client.call_tool("run_code", {"code": f"v = {n}"})
+                assert isinstance(result, CallToolResult) and not result.is_error
+                assert result.meta is not None
+                handles.append(result.meta["agentbox/session"])
+            started = time.monotonic()
+            full = await client.call_tool("run_code", {"code": "1"})
+            assert time.monotonic() - started < 5
+            assert full.is_error and "too many open sandboxes (2)" in text(full)
+            assert len(containers_of(engine, proc.pid)) == 2
+
+            # The first handle stays busy past the idle timeout; the second goes quiet.
+            busy = await client.call_tool("run_code", {
+                "code": f"import time; time.sleep({HANDLE_IDLE_S * 1.5}); v",
+                "session": handles[0]})
+            assert not busy.is_error and text(busy) == "1"  # not reclaimed mid-call
+            deadline = time.monotonic() + REAP_MARGIN_S
+            while len(containers_of(engine, proc.pid)) > 1:
+                assert time.monotonic() < deadline
+                await _sleep_briefly()
+            gone = await client.call_tool("run_code", {"code": "v", "session": handles[1]})
+            assert gone.is_error and "unknown session" in text(gone)
+            again = await client.call_tool("run_code", {"code": "v", "session": handles[0]})
+            assert text(again) == "1"  # the busy one kept its state
+            fresh = await client.call_tool("run_code", {"code": "6 * 7"})  # a slot is free
+            assert not fresh.is_error and text(fresh).startswith("42")
+        assert proc.poll() is None

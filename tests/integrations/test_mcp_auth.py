@@ -1,0 +1,181 @@
+"""`agentbox mcp --transport streamable-http` with API keys, through the MCP SDK's own
+client in its default mode (protocol 2026-07-28: stateless, no initialize handshake).
+
+A real `agentbox mcp` subprocess with AGENTBOX_API_KEYS set, on a real engine:
+
+- the default-mode client lists the tools and runs them: the first run_code starts a
+  sandbox and returns its handle, later calls name it with `session` and see the same
+  variables and files; a figure comes back as an image. (Before, every run_code of such
+  a client came back isError: the tools were advertised but could not run.)
+- a request with a wrong key, no key, or another scheme is answered 401 and starts
+  nothing; a handle is bound to the key that got it.
+- SIGTERM stops the server with exit 0 and removes its sandboxes.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, ImageContent, TextContent
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
+from sandbox.mcp_server import SESSION_META_KEY, BearerAuth, api_keys
+
+pytestmark = pytest.mark.usefixtures("engine")
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY, OTHER = "k-alpha-0123456789", "k-beta-9876543210"
+PNG = b"\x89PNG\r\n\x1a\n"
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "raw", "version": "1"}}}
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def containers_of(engine: Any, pid: int) -> list[str]:
+    found = engine.api.containers(all=True, filters={
+        "label": [f"{LABEL_APP}=agentbox", f"{LABEL_OWNER_PID}={pid}"]})
+    return [str(c["Id"]) for c in found]
+
+
+@contextmanager
+def keyed_server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real `agentbox mcp` on loopback with two API keys; killed at the end whatever
+    happens."""
+    import socket
+
+    port = free_port()
+    env = {**os.environ, "AGENTBOX_API_KEYS": f"{KEY}, {OTHER}"}
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "mcp", "--transport",
+                             "streamable-http", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        yield proc, f"http://127.0.0.1:{port}/mcp"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@asynccontextmanager
+async def client(url: str, key: str | None, **kwargs: Any) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=120) as http, \
+            Client(streamable_http_client(url, http_client=http), **kwargs) as c:
+        yield c
+
+
+async def call(c: Client, tool: str, **args: Any) -> CallToolResult:
+    result = await c.call_tool(tool, args)
+    assert isinstance(result, CallToolResult)
+    return result
+
+
+def text(result: CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+def handle_of(result: CallToolResult) -> str:
+    assert result.meta is not None, result
+    handle = result.meta[SESSION_META_KEY]
+    assert isinstance(handle, str)
+    return handle
+
+
+def test_keys_are_read_as_agentbox_serve_reads_them(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nfile-key-1\n\n  file-key-2  # ci\n")
+    assert api_keys({"AGENTBOX_API_KEYS": " a, b ,", "AGENTBOX_API_KEYS_FILE": str(keys)}) \
+        == ["a", "b", "file-key-1", "file-key-2"]
+    auth = BearerAuth(lambda *_: None, ["a", "b"])  # type: ignore[arg-type,return-value]
+    assert auth.allows(b"Bearer b") and auth.allows(b"bearer a")
+    assert not auth.allows(b"Bearer c") and not auth.allows(b"") and not auth.allows(b"Basic a")
+
+
+async def test_default_mode_client_runs_code_with_a_key_and_is_refused_without(
+        engine: Any) -> None:
+    with keyed_server() as (proc, url):
+        async with httpx2.AsyncClient(timeout=30) as raw:
+            for headers in ({}, {"Authorization": "Bearer wrong"},
+                            {"Authorization": f"Basic {KEY}"}):
+                answer = await raw.post(url, json=INIT, headers={**HEADERS, **headers})
+                assert answer.status_code == 401, headers
+                assert answer.headers["www-authenticate"].startswith("Bearer")
+                assert "API key" in answer.json()["error"]["message"]
+        with pytest.raises(Exception):  # noqa: B017  (the SDK client cannot connect without the key)
+            async with client(url, "wrong") as refused:
+                await refused.list_tools()
+        assert containers_of(engine, proc.pid) == []  # nothing started for them
+
+        async with client(url, KEY) as c:  # the SDK's default mode: no mode= given
+            assert c.session.protocol_version in MODERN_PROTOCOL_VERSIONS
+            tools = {t.name for t in (await c.list_tools()).tools}
+            assert tools == {"run_code", "upload_file", "download_file", "list_files", "restart"}
+
+            first = await call(c, "run_code", code="x = 41\nprint('set')")
+            assert not first.is_error, text(first)
+            handle = handle_of(first)
+            assert text(first).startswith("set\n[session] ") and f'session="{handle}"' in text(first)
+
+            plot = await call(c, "run_code", session=handle, code=(
+                "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()\nx + 1"))
+            assert not plot.is_error and "42" in text(plot) and "[session]" not in text(plot)
+            images = [b for b in plot.content if isinstance(b, ImageContent)]
+            assert len(images) == 1 and base64.b64decode(images[0].data).startswith(PNG)
+
+            failed = await call(c, "run_code", session=handle, code="1 / 0")
+            assert failed.is_error and "ZeroDivisionError" in text(failed)
+
+            await call(c, "upload_file", session=handle, path="a.txt", text="hi")
+            assert "a.txt\t2 bytes" in text(await call(c, "list_files", session=handle))
+
+            fresh = await call(c, "run_code", code="'x' in dir()")  # no session: a new box
+            assert text(fresh).startswith("False") and handle_of(fresh) != handle
+            assert len(containers_of(engine, proc.pid)) == 2
+
+            unknown = await call(c, "list_files", session="no-such-handle")
+            assert unknown.is_error and "unknown session" in text(unknown)
+            unnamed = await call(c, "list_files")
+            assert unnamed.is_error and "`session`" in text(unnamed)
+
+        async with client(url, OTHER) as other:  # another key cannot use the handle
+            stolen = await call(other, "run_code", session=handle, code="x")
+            assert stolen.is_error and "unknown session" in text(stolen)
+
+        async with client(url, KEY, mode="legacy") as legacy:  # handshake era, same key
+            assert text(await call(legacy, "run_code", code="7 * 6")) == "42"
+            named = await call(legacy, "run_code", session=handle, code="1")
+            assert named.is_error and "leave `session` out" in text(named)
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert containers_of(engine, proc.pid) == []
