@@ -174,9 +174,11 @@ def _cmd_kernelspec_install(args: argparse.Namespace) -> int:
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
+    from sandbox._config import SandboxConfig
     from sandbox.mcp_server import HttpLimits, run
 
-    run(args.transport, args.host, args.port, allow_remote=args.allow_remote,
+    config = SandboxConfig(runtime=args.runtime) if args.runtime else None
+    run(args.transport, args.host, args.port, config=config, allow_remote=args.allow_remote,
         allowed_hosts=args.allowed_host,
         limits=HttpLimits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout))
     return 0
@@ -258,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     mcp = sub.add_parser("mcp", help="serve sandboxes over the Model Context Protocol "
                          "(one sandbox per MCP session)")
     mcp.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
+    mcp.add_argument("--runtime", choices=["runc", "runsc"],
+                     help="the sandboxes' container runtime (default runc; runsc: gVisor)")
     mcp.add_argument("--host", default="127.0.0.1", help="streamable-http bind address")
     mcp.add_argument("--port", type=int, default=8000, help="streamable-http port")
     mcp.add_argument("--allow-remote", action="store_true",

@@ -61,7 +61,7 @@ def containers_of(engine: Any, pid: int) -> list[str]:
 
 
 @contextmanager
-def keyed_server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def keyed_server(runtime: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A real `agentbox mcp` on loopback with two API keys; killed at the end whatever
     happens."""
     import socket
@@ -69,7 +69,8 @@ def keyed_server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     env = {**os.environ, "AGENTBOX_API_KEYS": f"{KEY}, {OTHER}"}
     proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "mcp", "--transport",
-                             "streamable-http", "--port", str(port)], cwd=ROOT, env=env,
+                             "streamable-http", "--port", str(port), "--runtime", runtime],
+                            cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -121,9 +122,10 @@ def test_keys_are_read_as_agentbox_serve_reads_them(tmp_path: Path) -> None:
     assert not auth.allows(b"Bearer c") and not auth.allows(b"") and not auth.allows(b"Basic a")
 
 
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
 async def test_default_mode_client_runs_code_with_a_key_and_is_refused_without(
-        engine: Any) -> None:
-    with keyed_server() as (proc, url):
+        engine: Any, runtime: str) -> None:
+    with keyed_server(runtime) as (proc, url):
         async with httpx2.AsyncClient(timeout=30) as raw:
             for headers in ({}, {"Authorization": "Bearer wrong"},
                             {"Authorization": f"Basic {KEY}"}):
@@ -171,6 +173,9 @@ async def test_default_mode_client_runs_code_with_a_key_and_is_refused_without(
             stolen = await call(other, "run_code", session=handle, code="x")
             assert stolen.is_error and "unknown session" in text(stolen)
 
+        found = engine.api.containers(filters={"label": f"{LABEL_OWNER_PID}={proc.pid}"})
+        assert {engine.api.inspect_container(c["Id"])["HostConfig"]["Runtime"]
+                for c in found} == {runtime}
         async with client(url, KEY, mode="legacy") as legacy:  # handshake era, same key
             assert text(await call(legacy, "run_code", code="7 * 6")) == "42"
             named = await call(legacy, "run_code", session=handle, code="1")
