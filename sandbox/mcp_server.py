@@ -676,6 +676,11 @@ def transport_security(hosts: Sequence[str]) -> "TransportSecuritySettings":
 class _Tracked:
     last_active: float
     in_flight: int = 0
+    owner: bytes = b""  # a session's: digest of the Authorization header that opened it
+
+
+def _owner_of(headers: Mapping[bytes, bytes]) -> bytes:
+    return hashlib.sha256(headers.get(b"authorization", b"")).digest()
 
 
 class SessionGuard:
@@ -688,7 +693,8 @@ class SessionGuard:
     sending its DELETE to the SDK, exactly as a client would, which ends its
     connection, and so removes its sandbox. A new session beyond ``max_sessions`` is
     refused at once: 503 with Retry-After (when the next idle session is due),
-    after overdue ones have been ended."""
+    after overdue ones have been ended. A session answers only the Authorization header
+    (API key) that opened it: another key naming its id gets 404, as for an unknown id."""
 
     def __init__(self, app: "ASGIApp", limits: HttpLimits, host_header: str,
                  path: str = "/mcp") -> None:
@@ -712,11 +718,11 @@ class SessionGuard:
         session_id = headers.get(b"mcp-session-id", b"").decode("latin-1") or None
         if session_id is None:
             if scope["method"] == "POST" and self._opens_session(headers):
-                await self._open(scope, receive, send)
+                await self._open(scope, receive, send, _owner_of(headers))
                 return
             await self.app(scope, receive, send)
             return
-        await self._in_session(session_id, scope, receive, send)
+        await self._in_session(session_id, scope, receive, send, _owner_of(headers))
 
     @staticmethod
     def _opens_session(headers: dict[bytes, bytes]) -> bool:
@@ -726,7 +732,8 @@ class SessionGuard:
         version = headers.get(b"mcp-protocol-version")
         return version is None or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
 
-    async def _open(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
+    async def _open(self, scope: "Scope", receive: "Receive", send: "Send",
+                    owner: bytes) -> None:
         if len(self._sessions) + self._opening >= self.limits.max_sessions:
             await self._reap_overdue()
         if len(self._sessions) + self._opening >= self.limits.max_sessions:
@@ -743,7 +750,8 @@ class SessionGuard:
                     # Counted as a session from here on, no longer as an opening (the
                     # answer may stream for a while yet).
                     opened.append(ids[0])
-                    self._sessions[ids[0]] = _Tracked(time.monotonic(), in_flight=1)
+                    self._sessions[ids[0]] = _Tracked(time.monotonic(), in_flight=1,
+                                                      owner=owner)
                     self._opening -= 1
             await send(message)
 
@@ -758,8 +766,15 @@ class SessionGuard:
                 self._opening -= 1
 
     async def _in_session(self, session_id: str, scope: "Scope", receive: "Receive",
-                          send: "Send") -> None:
+                          send: "Send", owner: bytes) -> None:
         tracked = self._sessions.get(session_id)
+        if tracked is not None and not hmac.compare_digest(tracked.owner, owner):
+            from starlette.responses import JSONResponse
+
+            body = {"jsonrpc": "2.0", "id": None,
+                    "error": {"code": -32001, "message": "Session not found"}}
+            await JSONResponse(body, status_code=404)(scope, receive, send)
+            return
         counts = tracked is not None and scope["method"] == "POST"
         status: list[int] = []
 

@@ -133,6 +133,15 @@ async def test_default_mode_client_runs_code_with_a_key_and_is_refused_without(
                 assert answer.status_code == 401, headers
                 assert answer.headers["www-authenticate"].startswith("Bearer")
                 assert "API key" in answer.json()["error"]["message"]
+            # A handshake session answers only the key that opened it.
+            opened = await raw.post(url, json=INIT, headers={
+                **HEADERS, "Authorization": f"Bearer {KEY}"})
+            assert opened.status_code == 200, opened.text
+            sid = {"mcp-session-id": opened.headers["mcp-session-id"]}
+            assert (await raw.delete(url, headers={**sid, "Authorization": f"Bearer {OTHER}"})
+                    ).status_code == 404
+            assert (await raw.delete(url, headers={**sid, "Authorization": f"Bearer {KEY}"})
+                    ).status_code == 200
         with pytest.raises(Exception):  # noqa: B017  (the SDK client cannot connect without the key)
             async with client(url, "wrong") as refused:
                 await refused.list_tools()
