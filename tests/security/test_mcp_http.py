@@ -225,30 +225,40 @@ async def test_stateless_sandboxes_are_bounded_and_idle_ones_reclaimed(engine: A
     with mcp_server("127.0.0.1", "--max-sessions", "2", "--idle-timeout",
                     str(HANDLE_IDLE_S)) as (proc, url):
         async with Client(url) as client:
-            handles = []
-            for n in (1, 2):
-                result = await client.call_tool("run_code", {"code": f"v = {n}"})
-                assert isinstance(result, CallToolResult) and not result.is_error
-                assert result.meta is not None
-                handles.append(result.meta["agentbox/session"])
-            started = time.monotonic()
-            full = await client.call_tool("run_code", {"code": "1"})
-            assert time.monotonic() - started < 5
-            assert full.is_error and "too many open sandboxes (2)" in text(full)
-            assert len(containers_of(engine, proc.pid)) == 2
+            first = await client.call_tool("run_code", {"code": "v = 1"})
+            assert first.meta is not None and not first.is_error
+            busy_handle = first.meta["agentbox/session"]
+            busy: list[CallToolResult] = []
 
-            # The first handle stays busy past the idle timeout; the second goes quiet.
-            busy = await client.call_tool("run_code", {
-                "code": f"import time; time.sleep({HANDLE_IDLE_S * 1.5}); v",
-                "session": handles[0]})
-            assert not busy.is_error and text(busy) == "1"  # not reclaimed mid-call
-            deadline = time.monotonic() + REAP_MARGIN_S
-            while len(containers_of(engine, proc.pid)) > 1:
-                assert time.monotonic() < deadline
-                await _sleep_briefly()
-            gone = await client.call_tool("run_code", {"code": "v", "session": handles[1]})
+            async def stay_busy() -> None:  # in flight until told to stop, past the timeout
+                busy.append(await client.call_tool("run_code", {"session": busy_handle, "code": (
+                    "import os, time\nt = time.monotonic()\n"
+                    "while not os.path.exists('go') and time.monotonic() - t < 60:\n"
+                    "    time.sleep(0.05)\nv")}))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stay_busy)
+                second = await client.call_tool("run_code", {"code": "v = 2"})
+                assert second.meta is not None and not second.is_error
+                quiet_handle = second.meta["agentbox/session"]
+                quiet_since = time.monotonic()
+                full = await client.call_tool("run_code", {"code": "1"})
+                assert time.monotonic() - quiet_since < 5  # refused at once
+                assert full.is_error and "too many open sandboxes (2)" in text(full)
+                assert len(containers_of(engine, proc.pid)) == 2
+
+                # The quiet handle is reclaimed after the idle timeout, the busy one not.
+                while len(containers_of(engine, proc.pid)) > 1:
+                    assert time.monotonic() - quiet_since < HANDLE_IDLE_S + REAP_MARGIN_S
+                    await _sleep_briefly()
+                assert time.monotonic() - quiet_since >= HANDLE_IDLE_S
+                assert not busy  # still running, longer than the idle timeout by now
+                await client.call_tool("upload_file", {"session": busy_handle, "path": "go",
+                                                       "text": ""})
+            assert not busy[0].is_error and text(busy[0]) == "1"  # not reclaimed mid-call
+            gone = await client.call_tool("run_code", {"code": "v", "session": quiet_handle})
             assert gone.is_error and "unknown session" in text(gone)
-            again = await client.call_tool("run_code", {"code": "v", "session": handles[0]})
+            again = await client.call_tool("run_code", {"code": "v", "session": busy_handle})
             assert text(again) == "1"  # the busy one kept its state
             fresh = await client.call_tool("run_code", {"code": "6 * 7"})  # a slot is free
             assert not fresh.is_error and text(fresh).startswith("42")
