@@ -383,7 +383,8 @@ INSTRUCTIONS = f"""\
 A stateful Python sandbox (IPython kernel) in a locked-down container: no network,
 working directory {WORKDIR}. Variables, imports and files persist between run_code
 calls of this MCP session. pandas, numpy, scipy, matplotlib and pyarrow are installed.
-Figures come back as images, DataFrames as tables."""
+Figures come back as images, DataFrames as tables. A client without an MCP session
+(stateless requests) passes, as `session`, the handle its first run_code returned."""
 
 
 def build_server(config: SandboxConfig | None = None, *, download_limit: int = DOWNLOAD_LIMIT,
