@@ -230,6 +230,36 @@ def env_schema() -> dict[str, Any]:
             "additionalProperties": {"type": "string", "pattern": NO_NUL}}
 
 
+def _component(not_first: str = "") -> str:
+    """A path component the server takes: no '/' or NUL, not '.' or '..', at most 255
+    characters (sandbox/_files.py counts bytes: the same for ASCII)."""
+    char = r"[^/\x00]"
+    return (rf"(?:[^/\x00.{not_first}]{char}{{0,254}}|\.[^/\x00.]{char}{{0,253}}"
+            rf"|\.\.{char}{{1,253}})")
+
+
+_PART, _FIRST = _component(), _component(r"\\")
+_ANY = rf"(?:{_PART}|\.)"
+# check_path's rule as a pattern: relative (no leading '/' or '\'), no '..' component,
+# no NUL; a file names something below the working directory, a listing may name it.
+FILE_PATH = rf"^(?:{_FIRST}|\.(?:/+\.)*/+{_PART})(?:/+{_ANY})*/*$"
+DIR_PATH = rf"^(?:(?:{_FIRST}|\.)(?:/+{_ANY})*/*)?$"
+MAX_PATH_CHARS = 1024  # bytes, for the server; JSON Schema counts characters
+
+
+def _document_paths(openapi: dict[str, Any]) -> None:
+    """The file path rule on every ``path`` parameter of the files routes (the server
+    answers 400 unsafe_path outside it; not validated by FastAPI, so that stays)."""
+    for route, operations in openapi.get("paths", {}).items():
+        if "/files" not in route:
+            continue
+        for operation in operations.values():
+            for param in operation.get("parameters", []):
+                if param.get("name") == "path":
+                    pattern = FILE_PATH if param.get("in") == "path" else DIR_PATH
+                    param["schema"].update(pattern=pattern, maxLength=MAX_PATH_CHARS)
+
+
 def document_settings(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Put the server's maxima, the env-name rule and the code's no-NUL rule into
     *openapi* (in place): a request the document allows is one the server accepts,
@@ -254,4 +284,5 @@ def document_settings(openapi: dict[str, Any], settings: Settings) -> dict[str, 
         props = models.get(model, {}).get("properties", {})
         if "env" in props:
             props["env"] = env_schema()
+    _document_paths(openapi)
     return openapi
