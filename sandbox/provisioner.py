@@ -23,7 +23,10 @@ How it works. The kernelspec's ``metadata.kernel_provisioner`` names this class
   ``ip`` = ``/run/kernel/k1``. A new run directory gets a fresh 256-bit key.
 - ``launch_kernel`` starts the container (``agentbox-init`` as PID 1 starts the
   kernel from ``AGENTBOX_AUTOSTART=kernel.json``) and returns once the kernel's
-  five sockets exist, failing fast when the kernel or container dies first.
+  five sockets exist and it has answered a ``kernel_info_request`` on its control
+  channel (ipykernel 6.31 can lose a control request that arrives right at start,
+  e.g. a front end's first interrupt or shutdown), failing fast when the kernel or
+  container dies first.
 - ``poll``/``wait`` ask ``agentbox-init`` whether the kernel runs (the engine when
   init does not answer); ``send_signal`` goes through init's ``signal`` op, so
   SIGINT interrupts a cell (the kernelspec uses ``interrupt_mode: "signal"``),
@@ -80,14 +83,19 @@ from typing import Any, TypeVar
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from jupyter_client.session import Session
 from traitlets import Dict, Float, Integer, Unicode
 
+from sandbox import _zmtp as zmtp
 from sandbox._config import SandboxConfig, default_base_dir, make_config
 from sandbox._exceptions import SandboxError, SessionStartError
 from sandbox._kernel import (
+    MAX_FRAMES,
+    MAX_HEADER_BYTES,
     PORTS,
     InitClient,
     InitUnavailable,
+    container_peer,
     write_connection_file,
     write_init_key,
 )
@@ -117,6 +125,9 @@ INIT_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.
 PING_TIMEOUT_S = 2.0
 KILL_TIMEOUT_S = 5.0  # init's kill waits up to 3 s for stubborn processes
 ENGINE_THREAD_TIMEOUT_S = 60.0  # an engine call made from a thread of our own (at exit)
+PROBE_MAX_BYTES = 1 << 20  # one kernel_info reply (untrusted: from the box) at most
+PROBE_FIRST_S = 0.05  # the control probe's first repeat; x1.25 per repeat, up to:
+PROBE_MAX_S = 0.5
 
 T = TypeVar("T")
 
@@ -325,6 +336,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             if not await self._start_in_place():
                 await self._start_container(config)
             await self._wait_for_sockets(deadline)
+            await self._wait_for_control(deadline)
         except BaseException:
             await self._teardown()
             raise
@@ -398,6 +410,54 @@ class AgentBoxProvisioner(KernelProvisionerBase):
                     raise SessionStartError("the sandboxed kernel exited while starting",
                                             session_id=self.session_id)
             await asyncio.sleep(0.01)
+
+    async def _wait_for_control(self, deadline: float) -> None:
+        """Until the kernel answers ``kernel_info_request`` on its control channel.
+
+        ipykernel 6.31 has a start-up race on its control lock: a control request that
+        arrives just after the sockets are bound can go unanswered (measured here: most
+        first requests on a loaded machine; requests sent meanwhile are lost too). The
+        request is repeated every 50 ms, backing off to 0.5 s for a kernel that is just
+        slow, and an answer to any of them counts; the front end's requests come after.
+        """
+        assert self.run_dir is not None
+        km = self._manager()
+        key = km.session.key
+        session = Session(key=key if isinstance(key, bytes) else str(key).encode(),
+                          signature_scheme=km.session.signature_scheme)
+        limits = zmtp.Limits(max_frames=MAX_FRAMES, max_bytes=PROBE_MAX_BYTES,
+                             budget=PROBE_MAX_BYTES, max_header_bytes=MAX_HEADER_BYTES)
+        path = self.run_dir / f"{SOCKET_PREFIX}-{PORTS['control_port']}"
+        try:
+            conn = await zmtp.Connection.open(path, "DEALER", limits,
+                                              container_peer(self.container_id))
+        except OSError as exc:
+            raise SessionStartError(f"cannot connect to the kernel's control socket: {exc}",
+                                    session_id=self.session_id) from exc
+        interval = PROBE_FIRST_S
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SessionStartError("the sandboxed kernel did not answer on its control "
+                                            "channel before the start deadline "
+                                            "(start_timeout_s)", session_id=self.session_id)
+                try:
+                    conn.send(session.serialize(session.msg("kernel_info_request", {})))
+                    async with asyncio.timeout(min(remaining, interval)):
+                        await conn.recv()  # any answer: the control lock works now
+                    return
+                except TimeoutError:  # (an OSError: caught before the next clause)
+                    interval = min(interval * 1.25, PROBE_MAX_S)
+                    if await self.poll() is not None:
+                        raise SessionStartError("the sandboxed kernel exited while starting",
+                                                session_id=self.session_id) from None
+                except OSError as exc:  # ZmtpError: the kernel or a cap ended the connection
+                    raise SessionStartError(f"the kernel's control connection failed while "
+                                            f"starting: {exc}",
+                                            session_id=self.session_id) from exc
+        finally:
+            conn.close()
 
     # -- process-like interface ----------------------------------------------------------
     async def poll(self) -> int | None:

@@ -204,3 +204,29 @@ def test_an_exported_notebook_reopens_on_the_sandbox(jupyter_path: Path, no_leak
     NotebookClient(nb, timeout=120).execute()
     (out,) = nb.cells[0].outputs
     assert out["output_type"] == "stream" and out["text"] == "sandbox\n"
+
+
+async def test_a_control_request_right_after_start_is_answered(jupyter_path: Path,
+                                                               no_leaks: None) -> None:
+    # ipykernel 6.31 can lose a control request that arrives just after its sockets are
+    # bound (most first requests, measured on a loaded machine): start returns only
+    # once the kernel answers on control, so a front end's first interrupt or
+    # shutdown_request is never lost.
+    for _ in range(3):
+        km = AsyncIOLoopKernelManager(kernel_name="agentbox")
+        km.autorestart = False
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            msg = kc.session.msg("kernel_info_request")
+            kc.control_channel.send(msg)
+            async with asyncio.timeout(20):
+                while True:
+                    reply = await kc.control_channel.get_msg(timeout=20)
+                    if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                        break
+            assert reply["content"]["status"] == "ok"
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
