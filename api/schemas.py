@@ -20,7 +20,9 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     memory_mb: int | None = Field(None, ge=64)
-    cpus: float | None = Field(None, ge=0.01)
+    # Below 0.1 CPU the kernel does not start by the start deadline (0.01: > 30 s, then
+    # a 503); 0.1 starts in about 6 s, 0.25 in about 2 s on a 2-core machine.
+    cpus: float | None = Field(None, ge=0.1)
     pids: int | None = Field(None, ge=16)
     execution_timeout_s: float | None = Field(None, gt=0)
     idle_timeout_s: float | None = Field(None, gt=0)
