@@ -54,6 +54,7 @@ class TestAgentBoxKernel(jupyter_kernel_test.KernelTests):
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
 
+    runtime: ClassVar[str] = "runc"
     _spec_dir: ClassVar[tempfile.TemporaryDirectory[str]]
     _saved_path: ClassVar[str | None]
 
@@ -62,7 +63,8 @@ class TestAgentBoxKernel(jupyter_kernel_test.KernelTests):
         # The suite starts kernel `agentbox` by name: install the kernelspec into a
         # prefix of its own and let JUPYTER_PATH find it before the kernel starts.
         cls._spec_dir = tempfile.TemporaryDirectory(prefix="agentbox-jkt-")
-        install_kernel_spec(prefix=cls._spec_dir.name, config={"memory_mb": 512})
+        install_kernel_spec(prefix=cls._spec_dir.name, config={
+            "memory_mb": 512, "sandbox_config": {"runtime": cls.runtime}})
         cls._saved_path = os.environ.get("JUPYTER_PATH")
         os.environ["JUPYTER_PATH"] = os.path.join(cls._spec_dir.name, "share", "jupyter")
         try:
@@ -85,3 +87,9 @@ class TestAgentBoxKernel(jupyter_kernel_test.KernelTests):
         else:
             os.environ["JUPYTER_PATH"] = cls._saved_path
         cls._spec_dir.cleanup()
+
+
+class TestAgentBoxKernelGVisor(TestAgentBoxKernel):
+    """The same suite with the kernel under gVisor (runsc)."""
+
+    runtime = "runsc"
