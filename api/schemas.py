@@ -260,6 +260,8 @@ def _document_paths(openapi: dict[str, Any]) -> None:
                 if param.get("name") == "path":
                     pattern = FILE_PATH if param.get("in") == "path" else DIR_PATH
                     param["schema"].update(pattern=pattern, maxLength=MAX_PATH_CHARS)
+                    # A path may have '/' in it (fuzzers leave such values out otherwise).
+                    param["example"] = "data/results.csv"
 
 
 def document_settings(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
