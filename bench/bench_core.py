@@ -266,7 +266,8 @@ class LocalKernel:
         # Same kernel settings as the image's ipython_kernel_config.py, so the ratio shows
         # what the container adds, not what a different configuration costs.
         await self.km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   extra_arguments=["--HistoryManager.enabled=False",
+                                   extra_arguments=["--HistoryManager.hist_file=:memory:",
+                                                    "--IPCompleter.use_jedi=False",
                                                     "--InteractiveShell.colors=NoColor"])
         self.kc = self.km.client()
         self.kc.start_channels()
