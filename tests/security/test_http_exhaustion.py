@@ -9,6 +9,7 @@ RLIMIT_NOFILE, the way a real user starts it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -568,10 +569,16 @@ def test_uvicorn_internals_the_guard_relies_on(tmp_path: Path) -> None:
     assert config.ws_protocol_class is None
     assert config.backlog == settings.accept_backlog
     assert isinstance(server, uvicorn.Server)
-    protocol = config.http_protocol_class(config=config, server_state=server.server_state,
-                                          app_state={})
-    assert isinstance(protocol.conn, h11.Connection) and protocol.cycle is None
-    assert protocol.guard is server.guard
+    # A loop of its own: uvicorn falls back to asyncio.get_event_loop(), which raises once
+    # an earlier test's asyncio.run() has left the main thread without a current loop.
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = config.http_protocol_class(config=config, server_state=server.server_state,
+                                              app_state={}, _loop=loop)
+        assert isinstance(protocol.conn, h11.Connection) and protocol.cycle is None
+        assert protocol.guard is server.guard
+    finally:
+        loop.close()
 
     from sandbox import cli
 
