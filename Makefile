@@ -43,11 +43,8 @@ unit: venv  ## pure-logic tests only (no engine)
 
 bench: setup  ## writes docs/benchmarks.md, -api.md, -scale.md and -tuning.md (about 15 minutes)
 	AGENTBOX_WITH_RUNSC=1 scripts/ensure-docker
-	$(BIN)/python bench/bench_core.py
-	$(BIN)/python bench/bench_api.py
-	$(BIN)/python bench/bench_scale.py
-	$(BIN)/python bench/bench_tuning.py
-	$(BIN)/python bench/bench_core.py --render-only bench/results/core.json
+	$(BIN)/python -m bench all
+	$(BIN)/python -m bench core --render-only bench/results/core.json
 
 serve: setup
 	$(BIN)/agentbox serve

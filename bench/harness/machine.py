@@ -22,7 +22,9 @@ LIBRARY_PATHS = ("sandbox", "kernel_image")  # whose changes a run's git state l
 def _prefixes(*, temp: bool = True) -> list[tuple[str, str]]:
     """(absolute prefix, what a report shows instead), longest first; *temp*: the
     temporary directory too."""
-    pairs: dict[str, str] = {}
+    # An importable module by its package (an editable install's path, say), unless a
+    # more telling prefix below covers it.
+    pairs: dict[str, str] = {p: "." for p in sys.path if os.path.isabs(p) and p != "/"}
     for key in ("purelib", "platlib"):
         with contextlib.suppress(KeyError):
             pairs[sysconfig.get_paths()[key]] = ""

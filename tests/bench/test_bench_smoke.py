@@ -1,11 +1,11 @@
-"""The four benchmark scripts, run for real in quick mode: each finishes, writes every
-figure it promises with positive numbers, and leaves no container behind. So CI runs the
-benchmarks, and they cannot rot unnoticed.
+"""The four benchmark suites (``python -m bench <suite> --quick``), run for real: each
+finishes, writes every figure it promises with positive numbers, and leaves no container
+behind. So CI runs the benchmarks, and they cannot rot unnoticed.
 
-The four scripts run at the same time (each in its own process, so their containers
+The four suites run at the same time (each in its own process, so their containers
 are told apart by the owner-pid label): the module took 3m22s on the 2-core machine with
 a load average of 10 from other test suites, less on a quiet one. Timing is not what is
-checked here; each script's --quick plan is what keeps it short.
+checked here; each suite's --quick plan is what keeps it short.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 pytestmark = pytest.mark.usefixtures("engine")
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = ("core", "api", "scale", "tuning")
+SUITES = ("core", "api", "scale", "tuning")
 TIMEOUT_S = 540
 
 CORE_SERIES = [
@@ -66,17 +66,17 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """Start all the quick runs at once; each test waits for its own."""
     out = tmp_path_factory.mktemp("bench")
     runs = {}
-    for name in SCRIPTS:
+    for name in SUITES:
         log = (out / f"{name}.log").open("w")
         proc = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / f"bench_{name}.py"), "--quick", "--no-report",
+            [sys.executable, "-m", "bench", name, "--quick", "--no-report",
              "--out", str(out / f"{name}.json")],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         runs[name] = (proc, log, out / f"{name}.json", out / f"{name}.log")
     yield runs
     for proc, log, _, _ in runs.values():
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # KeyboardInterrupt: the script closes its sessions
+            proc.send_signal(signal.SIGINT)  # KeyboardInterrupt: the suite closes its sessions
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -90,10 +90,10 @@ def finished(results: dict[str, Any], name: str) -> dict[str, Any]:
     try:
         code = proc.wait(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"bench_{name}.py --quick did not finish in {TIMEOUT_S} s")
+        pytest.fail(f"python -m bench {name} --quick did not finish in {TIMEOUT_S} s")
     log.flush()
     tail = log_path.read_text()[-3000:]
-    assert code == 0, f"bench_{name}.py --quick exited {code}:\n{tail}"
+    assert code == 0, f"python -m bench {name} --quick exited {code}:\n{tail}"
     data = json.loads(json_path.read_text())
     assert data["benchmark"] == name and data["mode"] == "quick"
     return data

@@ -31,6 +31,8 @@ from bench.suites.api.service import ApiServer, Http, history_rows, production_l
 from sandbox import AsyncSession, ManagerConfig, SessionManager
 
 Side = Callable[[], Awaitable[float | None]]
+CELLS = [("trivial", TRIVIAL, "1+1"), ("dataframe", DATAFRAME, "10,000-row DataFrame"),
+         ("figure", MATPLOTLIB, "matplotlib figure")]
 
 
 async def lib_execute(session: Any, code: str) -> float:
@@ -77,7 +79,7 @@ class Bench:
                          advance=self._task(description, 2 * n))
 
     # 1. session create --------------------------------------------------------------------
-    async def bench_create(self, server: ApiServer) -> None:
+    def define_create(self) -> None:
         r, g = self.rec, "create"
         r.define("api.create", g, "POST /v1/sessions (cold, pool_size=0)",
                  "to the parsed 201 body; includes the SQLite sessions row")
@@ -86,6 +88,10 @@ class Bench:
         r.define("lib.close", g, "await session.close()")
         r.compare(g, "create: API vs library", "api.create", "lib.create")
         r.compare(g, "delete: API vs library close()", "api.delete", "lib.close")
+
+    async def bench_create(self, server: ApiServer) -> None:
+        self.define_create()
+        r = self.rec
 
         async def api_side(record: bool) -> None:
             created, body = self.http.create(server)
@@ -111,9 +117,9 @@ class Bench:
         await self.pairs(api_side, lib_side, self.plan.create, "session create (API · library)")
 
     # 2 + 3. executes -------------------------------------------------------------------------
-    def define_execute(self, cells: list[tuple[str, str, str, int]]) -> None:
+    def define_execute(self) -> None:
         r = self.rec
-        for key, _code, label, _n in cells:
+        for key, _code, label in CELLS:
             r.define(f"api.json.{key}", key, f"{label}: API, JSON",
                      "POST .../execute to the parsed JSON body")
             r.define(f"api.sse.{key}", key, f"{label}: API, SSE",
@@ -126,10 +132,8 @@ class Bench:
 
     async def bench_execute(self, server: ApiServer) -> None:
         p, http = self.plan, self.http
-        cells = [("trivial", TRIVIAL, "1+1", p.trivial),
-                 ("dataframe", DATAFRAME, "10,000-row DataFrame", p.dataframe),
-                 ("figure", MATPLOTLIB, "matplotlib figure", p.figure)]
-        self.define_execute(cells)
+        cells = [(key, code, label, getattr(p, key)) for key, code, label in CELLS]
+        self.define_execute()
         _, body = http.create(server)
         sid = body["id"]
         try:
