@@ -7,6 +7,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +141,9 @@ class Bench:
             async with AsyncSession() as session:
                 for key, code, label, n in cells:
                     sides: dict[str, Side] = {
-                        f"api.json.{key}": lambda c=code: blocking(http.execute_json, server, sid, c),
-                        f"api.sse.{key}": lambda c=code: blocking(http.execute_sse, server, sid, c),
-                        f"lib.{key}": lambda c=code: lib_execute(session, c),
+                        f"api.json.{key}": partial(blocking, http.execute_json, server, sid, code),
+                        f"api.sse.{key}": partial(blocking, http.execute_sse, server, sid, code),
+                        f"lib.{key}": partial(lib_execute, session, code),
                     }
                     if key == "trivial":
                         sides["api.get"] = lambda: blocking(http.get, server, sid)
@@ -176,7 +177,7 @@ class Bench:
             await store.add_session("s-bench", "anonymous", {}, {})
             for _key, code, _label in shapes:  # warm-up
                 await store.add_execution("s-bench", code, last[code], time.time())
-            sides: dict[str, Side] = {f"store.{key}": (lambda c=code: timed_write(c))
+            sides: dict[str, Side] = {f"store.{key}": partial(timed_write, code)
                                       for key, code, _ in shapes}
             await self.blocks(sides, self.plan.history, "history write alone (SQLite)")
         finally:

@@ -273,8 +273,8 @@ async def run(plan: Plan, console: Any) -> dict[str, Any]:
     info["loadavg_at_end"] = machine.loadavg()
     data = header("core", plan, clock, git=machine.git_state(), machine=info)
     data.update({
-        "libraries": {"jupyter_client": jupyter_client.__version__,
-                      "ipykernel": ipykernel.__version__},
+        "libraries": {"jupyter_client": jupyter_client.__version__,  # type: ignore[attr-defined]
+                      "ipykernel": ipykernel.__version__},  # type: ignore[attr-defined]
         "versions": bench.extra["versions"],
         "outputs": bench.extra["outputs"],
         "checks": {"pool_misses": bench.extra.get("pool_misses", 0),

@@ -53,7 +53,7 @@ class Scale:
 
     # -- sessions -----------------------------------------------------------------------------
     async def new_session(self, runtime: str = "runc") -> Any:
-        session = AsyncSession(SandboxConfig(runtime=runtime))  # type: ignore[arg-type]
+        session = AsyncSession(SandboxConfig(runtime=runtime))
         self.open.add(session)
         await session.start()
         return session
@@ -232,7 +232,7 @@ class Scale:
         wall = time.perf_counter() - t0
         after = [cgroup_cpu_seconds(i) for i in ids]
         if None not in before and None not in after:
-            used = sum(a - b for a, b in zip(after, before, strict=True))  # type: ignore[operator]
+            used = sum((a or 0.0) - (b or 0.0) for a, b in zip(after, before, strict=True))
             self.extra["memory"]["idle_cpu"] = {
                 "sessions": len(ids), "seconds": wall, "containers_cores": used / wall,
                 "this_process_cores": (time.process_time() - cpu0) / wall}

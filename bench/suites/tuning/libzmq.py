@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.asynchronous import AsyncKernelClient  # type: ignore[attr-defined]
 
 import sandbox._session as session_module
 from sandbox._exceptions import DeadlineExceeded, SandboxError
@@ -63,7 +63,7 @@ class LibzmqConnection(KernelConnection):
         # ZMQ drops (unread) any frame larger than this: libzmq's only receive cap.
         self.context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.client = AsyncKernelClient(context=self.context)
-        self.client.load_connection_info(endpoint.host_info)
+        self.client.load_connection_info(endpoint.host_info)  # type: ignore[arg-type]
 
     async def connect(self, run_dir: Path, deadline: float, alive: Any = None) -> None:
         self._run_dir = run_dir
@@ -152,9 +152,9 @@ class LibzmqConnection(KernelConnection):
 def transport(cls: type[KernelConnection]) -> Iterator[None]:
     """Sessions started meanwhile talk to their kernel through *cls* (the session
     module builds its ``KernelConnection`` by that name, in ``_connect``)."""
-    saved = session_module.KernelConnection
-    session_module.KernelConnection = cls  # type: ignore[misc]
+    saved = session_module.KernelConnection  # type: ignore[attr-defined]
+    session_module.KernelConnection = cls  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        session_module.KernelConnection = saved  # type: ignore[misc]
+        session_module.KernelConnection = saved  # type: ignore[attr-defined]
