@@ -6,6 +6,9 @@ import docker
 
 from sandbox._runtime.dockerd.errors import DOCKER_ERRORS, unreachable
 
+# A socket path that does not exist, a refused connection: all mean no engine there.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*DOCKER_ERRORS, OSError)
+
 
 def connect(timeout: float = 30.0) -> docker.DockerClient:
     """A docker client that has answered a ping; raises EngineUnavailableError."""
@@ -13,7 +16,7 @@ def connect(timeout: float = 30.0) -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=int(timeout))
         client.ping()
-    except DOCKER_ERRORS + (OSError,) as exc:
+    except _CONNECT_ERRORS as exc:
         if client is not None:
             client.close()
         raise unreachable(exc) from exc
