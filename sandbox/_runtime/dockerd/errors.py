@@ -3,7 +3,7 @@
 Every call into the docker SDK leaves through here (:func:`translate`, :func:`guarded`,
 :func:`translated`), so code above ``sandbox._runtime`` only ever sees a
 :class:`~sandbox._exceptions.SandboxError`, and a change of the SDK's error classes is
-met in one place (``tests/unit/runtime/test_docker_errors.py`` holds every class to it).
+met in one place (``tests/unit/test_docker_errors.py`` holds every class to it).
 
 The order of the table matters: ``docker.errors.APIError`` is also a
 ``requests.exceptions.HTTPError`` (an answer that says no is not an engine that does
