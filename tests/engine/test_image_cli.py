@@ -9,7 +9,8 @@ import time
 import pytest
 
 from sandbox._doctor import run_checks
-from sandbox._image import build_image, image_tag
+from sandbox._image import image_tag
+from sandbox._runtime.dockerd.build import build_image
 
 pytestmark = pytest.mark.usefixtures("engine")
 
