@@ -4,8 +4,8 @@ Containers are records: started from a spec or planted with :meth:`FakeRuntime.p
 (what another process left behind), listed by labels, signalled, made to exit or OOM,
 removed. Commands run in them answer what the test scripted (:meth:`FakeRuntime.script`).
 An outage (:attr:`FakeRuntime.down`) makes every call fail as a real engine that does not
-answer does; :meth:`FakeRuntime.fail_next` makes one call fail with a given error. Every
-call is recorded in :attr:`FakeRuntime.calls`.
+answer does (and :meth:`FakeRuntime.probe` say so); :meth:`FakeRuntime.fail_next` makes
+one call fail with a given error. Every call is recorded in :attr:`FakeRuntime.calls`.
 
 Nothing here starts a kernel: a session on this runtime never becomes ready. It is for
 the bookkeeping above the runtime (the orphan sweep, the manager's registry and
@@ -26,6 +26,7 @@ from sandbox._runtime.base import (
     ContainerSpec,
     ContainerState,
     ContainerSummary,
+    EngineProbe,
     ExecOutput,
     Runtime,
 )
@@ -63,6 +64,7 @@ class FakeRuntime(Runtime):
         self.removed: list[str] = []
         self.calls: list[tuple[str, str]] = []  # (method, container id or "")
         self.down = False
+        self.image_present = True
         self.closed = False
         self._failures: dict[str, BaseException] = {}
         self._scripts: list[tuple[tuple[str, ...], ExecAnswer]] = []
@@ -154,6 +156,14 @@ class FakeRuntime(Runtime):
         return [ContainerSummary(c.id, c.name, dict(c.labels), c.status)
                 for c in self.containers.values()
                 if all(c.labels.get(k) == v for k, v in labels.items())]
+
+    async def probe(self, image: str | None = None, *, timeout_s: float = 5.0) -> EngineProbe:
+        self.calls.append(("probe", ""))
+        if self.down:
+            return EngineProbe(engine=False, engine_error="the Docker engine does not answer "
+                               "(fake outage)")
+        return EngineProbe(engine=True, image=image or "agentbox-kernel:fake",
+                           image_present=self.image_present)
 
     async def close(self) -> None:
         self.closed = True

@@ -254,3 +254,14 @@ async def test_gone_or_busy_containers_are_not_errors_where_that_is_the_goal() -
     rt, _ = runtime_raising(api(docker.errors.APIError, 500, "engine error"))
     with pytest.raises(SandboxError, match="remove container: engine error"):
         await rt.remove("c")
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_probe_of_no_engine_says_so_and_does_not_raise(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    probe = await DockerRuntime().probe(timeout_s=2)
+    gc.collect()
+    assert not probe.engine and not probe.ok and "no Docker engine answers" in probe.engine_error
+    assert probe.as_health() == {"engine": False, "engine_error": probe.engine_error,
+                                 "image_present": False}

@@ -266,3 +266,13 @@ async def test_the_pool_backs_off_when_refills_fail(tmp_path: Path, runtime: Fak
     async with manager:
         await wait_for(lambda: manager._pool.failures >= 1)
         assert manager.pool_level == 0 and manager._pool.last_error == "no kernel"
+
+
+async def test_the_fake_runtime_probes_like_an_engine(runtime: FakeRuntime) -> None:
+    assert (await runtime.probe()).ok
+    runtime.image_present = False
+    assert (await runtime.probe("agentbox-kernel:x")).as_health() == {
+        "engine": True, "image": "agentbox-kernel:x", "image_present": False}
+    runtime.down = True
+    probe = await runtime.probe()
+    assert not probe.engine and "does not answer" in probe.engine_error

@@ -8,34 +8,14 @@ reads its own limits). Every answer is plain data; every error a SandboxError.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from sandbox._exceptions import SandboxError
+from sandbox._runtime.base import EngineProbe
 from sandbox._runtime.dockerd.build import image_status
 from sandbox._runtime.dockerd.client import connect
 from sandbox._runtime.dockerd.errors import translated
-
-
-@dataclass(frozen=True)
-class EngineProbe:
-    """Whether the engine answers, and whether the kernel image is there."""
-
-    engine: bool
-    engine_error: str = ""
-    image: str = ""
-    image_present: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.engine and self.image_present
-
-    def as_health(self) -> dict[str, Any]:
-        """The engine part of ``/healthz``'s body."""
-        if not self.engine:
-            return {"engine": False, "engine_error": self.engine_error, "image_present": False}
-        return {"engine": True, "image": self.image, "image_present": self.image_present}
 
 
 def probe_engine(image: str | None = None, timeout_s: float = 5.0) -> EngineProbe:

@@ -22,12 +22,13 @@ from sandbox._runtime.base import (
     ContainerSpec,
     ContainerState,
     ContainerSummary,
+    EngineProbe,
     ExecOutput,
     Runtime,
 )
 from sandbox._runtime.dockerd.client import connect
 from sandbox._runtime.dockerd.container import container_kwargs
-from sandbox._runtime.dockerd.diagnose import EngineProbe, probe_engine
+from sandbox._runtime.dockerd.diagnose import probe_engine
 from sandbox._runtime.dockerd.errors import DOCKER_ERRORS, guarded, is_gone_or_busy, start_failed
 from sandbox._runtime.dockerd.execs import Commands
 
@@ -161,6 +162,6 @@ class DockerRuntime(Runtime):
                                         timeout_s=timeout_s)
 
     async def probe(self, image: str | None = None, *, timeout_s: float = 5.0) -> EngineProbe:
-        """Whether the engine answers and the kernel image (*image*, default: the tag the
-        current sources build to) is present. Never raises for an engine that is down."""
+        """Asked on a fresh connection of its own (the shared client's pool may hold
+        connections to an engine that has since gone)."""
         return await asyncio.to_thread(probe_engine, image, timeout_s)
