@@ -44,16 +44,20 @@ DOCKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
 def short(exc: BaseException) -> str:
     """The first line of an error's text (at most 300 characters), or its class name."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return _first_line(str(exc)) or type(exc).__name__
 
 
 def explanation(exc: BaseException) -> str:
     """What the engine said (an APIError's explanation), else the error's first line."""
     said = getattr(exc, "explanation", None)
-    return short(exc) if not said else short(Exception(said))
+    return (_first_line(str(said)) if said else "") or short(exc)
 
 
 def is_gone(exc: BaseException) -> bool:
@@ -77,7 +81,7 @@ def _build_failed(what: str, exc: BaseException) -> SandboxError:
 def _container_failed(what: str, exc: BaseException) -> SandboxError:
     assert isinstance(exc, docker.errors.ContainerError)
     stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
-    said = short(Exception(stderr)) if stderr else "no output"
+    said = _first_line(str(stderr or "")) or "no output"
     return SandboxError(f"{what}: the container exited {exc.exit_status}: {said}")
 
 
