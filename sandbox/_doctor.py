@@ -12,16 +12,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import docker
-import docker.errors
-import requests.exceptions
 from rich.console import Console
 from rich.table import Table
 
 from sandbox._exceptions import SandboxError
-from sandbox._image import image_status
 from sandbox._rundir import probe_capped
-from sandbox._runtime.engine import connect
+from sandbox._runtime.dockerd.diagnose import Engine
 
 PROBE_MEMORY_MB = 192
 PROBE_PIDS = 77
@@ -90,19 +86,19 @@ def limits_enforced(seen: dict[str, float | None]) -> list[str]:
     return missing
 
 
-def _probe_limits(client: docker.DockerClient, image: str, cgroup_version: str) -> Check:
+def _probe_limits(engine: Engine, image: str, cgroup_version: str) -> Check:
     files = _V2 if cgroup_version == "2" else _V1
     script = "; ".join(f"cat {f} 2>/dev/null || echo missing" for f in files)
     try:
-        out = client.containers.run(
-            image, ["sh", "-c", script], entrypoint=[], remove=True, network_mode="none",
+        out = engine.run_once(
+            image, ["sh", "-c", script],
             mem_limit=f"{PROBE_MEMORY_MB}m", memswap_limit=f"{PROBE_MEMORY_MB}m",
             pids_limit=PROBE_PIDS, nano_cpus=int(PROBE_CPUS * 1e9), read_only=True,
             cap_drop=["ALL"], user="1000:1000",
         )
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except SandboxError as exc:
         return Check("limits enforced", False, f"probe container failed: {exc}")
-    seen = parse_limits(out.decode() if isinstance(out, bytes) else str(out))
+    seen = parse_limits(out)
     missing = limits_enforced(seen)
     if missing:
         return Check("limits enforced", False,
@@ -115,23 +111,21 @@ def _probe_limits(client: docker.DockerClient, image: str, cgroup_version: str) 
 def run_checks(runtime_check: bool = True) -> Report:
     report = Report()
     try:
-        client = connect(timeout=15)
+        engine = Engine(timeout_s=15)
     except SandboxError as exc:
         report.checks.append(Check("engine", False, str(exc)))
         report.checks.append(Check("kernel image", False, "unknown: no engine"))
         return report
-    try:
-        _engine_checks(client, report, runtime_check)
-    finally:
-        client.close()
+    with engine:
+        _engine_checks(engine, report, runtime_check)
     return report
 
 
-def _engine_checks(client: docker.DockerClient, report: Report, runtime_check: bool) -> None:
+def _engine_checks(engine: Engine, report: Report, runtime_check: bool) -> None:
     try:
-        info = client.info()
-        version = client.version()
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        info = engine.info()
+        version = engine.version()
+    except SandboxError as exc:
         report.checks.append(Check("engine", False, f"engine answered ping but not info: {exc}"))
         return
     report.facts.update({
@@ -161,9 +155,13 @@ def _engine_checks(client: docker.DockerClient, report: Report, runtime_check: b
     capped, detail = probe_capped()
     report.facts["run_dir_capped"] = capped
     report.checks.append(Check("socket directory capped", capped, detail, required=False))
+    _image_checks(engine, report, runtime_check)
+
+
+def _image_checks(engine: Engine, report: Report, runtime_check: bool) -> None:
     try:
-        status = image_status(client)
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        status = engine.image_status()
+    except SandboxError as exc:
         report.checks.append(Check("kernel image", False, f"cannot list images: {exc}"))
         return
     report.facts["image"] = status
@@ -177,7 +175,7 @@ def _engine_checks(client: docker.DockerClient, report: Report, runtime_check: b
                                    f"{status['tag']} not built{stale}: run `agentbox image build`"))
     if runtime_check:
         if status["current"]:
-            report.checks.append(_probe_limits(client, str(status["tag"]),
+            report.checks.append(_probe_limits(engine, str(status["tag"]),
                                                report.facts["cgroup_version"]))
         else:
             report.checks.append(Check("limits enforced", False,

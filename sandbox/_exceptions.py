@@ -6,6 +6,7 @@
     ├── ImageError                  kernel image missing or its build failed
     │   └── ImageBuildError         a build step failed (names the step)
     ├── SessionStartError           container or kernel did not come up
+    │   └── StartQueueFullError     too many starts in line; retry after retry_after_s
     ├── SessionClosedError          the session was closed; nothing more can run
     ├── SessionBusyError            another execution is running on the session
     ├── SessionLostError            the container vanished or cannot be recovered
@@ -54,6 +55,16 @@ class SessionStartError(SandboxError):
     def __init__(self, message: str, *, session_id: str | None = None) -> None:
         super().__init__(message)
         self.session_id = session_id
+
+
+class StartQueueFullError(SessionStartError):
+    """Too many sessions are starting: this one would have waited in line for a start
+    slot longer than ``start_queue_timeout_s`` (or did). Nothing was started;
+    ``retry_after_s`` is when a retry can expect to get through."""
+
+    def __init__(self, message: str, *, session_id: str, retry_after_s: float) -> None:
+        super().__init__(message, session_id=session_id)
+        self.retry_after_s = retry_after_s
 
 
 class SessionClosedError(SandboxError):

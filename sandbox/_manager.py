@@ -12,11 +12,12 @@
   is logged, one line, with the session id and the phase it failed in.
 - A background reaper closes sessions idle longer than ``idle_timeout_s`` or
   older than ``max_lifetime_s``, and removes what dead managers left behind.
-- Leftovers are found by labels: every container carries the owning process's
-  pid and host name, and the path of its run directory. A container whose
-  owner process is gone (on this host) is an orphan; so is a run directory no
-  container names. :func:`collect_garbage` (``agentbox gc``) does the same pass
-  by hand.
+- Leftovers of dead owners are swept at start and with every reaper pass
+  (:mod:`sandbox._gc`, also ``agentbox gc``).
+
+The start line is :class:`~sandbox._start_gate.StartGate`; the names that lived here
+before (``sweep_orphans``, ``collect_garbage``, ``pid_alive``, ``StartGate``,
+``StartQueueFullError``, ...) are still importable from here.
 """
 
 from __future__ import annotations
@@ -25,13 +26,8 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import secrets
-import socket
 import time
-from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
 
 from sandbox._config import ManagerConfig, SandboxConfig
 from sandbox._exceptions import (
@@ -39,232 +35,25 @@ from sandbox._exceptions import (
     SandboxError,
     SessionNotFoundError,
     SessionStartError,
+    StartQueueFullError,
+)
+from sandbox._gc import (
+    ORPHAN_DIR_MIN_AGE_S,
+    GarbageReport,
+    collect_garbage,
+    pid_alive,
+    sweep_orphans,
 )
 from sandbox._pool import WarmPool
-from sandbox._rundir import remove_run_dir
-from sandbox._runtime.base import (
-    LABEL_APP,
-    LABEL_HOST,
-    LABEL_MANAGER,
-    LABEL_OWNER_PID,
-    LABEL_RUN_DIR,
-    Runtime,
-)
+from sandbox._runtime.base import LABEL_MANAGER, Runtime
 from sandbox._session import AsyncSession, SessionState
+from sandbox._start_gate import TYPICAL_START_SEED_S, LineTooLong, StartGate
+
+__all__ = ["ORPHAN_DIR_MIN_AGE_S", "TYPICAL_START_SEED_S", "GarbageReport", "LineTooLong",
+           "SessionManager", "StartGate", "StartQueueFullError", "collect_garbage",
+           "pid_alive", "sweep_orphans"]
 
 log = logging.getLogger("sandbox.manager")
-
-ORPHAN_DIR_MIN_AGE_S = 120.0  # a run dir this young may belong to a session still starting
-# What a start is taken to cost before one has been measured (runc here: ~1-2 s).
-TYPICAL_START_SEED_S = 2.0
-
-
-class StartQueueFullError(SessionStartError):
-    """Too many sessions are starting: this one would have waited in line for a start
-    slot longer than ``start_queue_timeout_s`` (or did). Nothing was started;
-    ``retry_after_s`` is when a retry can expect to get through."""
-
-    def __init__(self, message: str, *, session_id: str, retry_after_s: float) -> None:
-        super().__init__(message, session_id=session_id)
-        self.retry_after_s = retry_after_s
-
-
-class LineTooLong(Exception):
-    """A caller in line cannot get a slot before its deadline, as far as the gate can
-    tell now that it has measured more starts: it is told at once, not at its deadline."""
-
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(f"{wait_s:.1f}s")
-        self.wait_s = wait_s
-
-
-class StartGate:
-    """At most *slots* session starts at once; the rest wait in line, first come first
-    served, each until its own deadline. Background starts (pool refills) wait behind
-    every caller. Also keeps a moving average of how long a start holds its slot, so
-    that a caller can be told at once when its wait would be too long, and a caller in
-    line is told as soon as the measured starts say it cannot make its deadline."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.active = 0
-        self.typical_s = TYPICAL_START_SEED_S
-        # (turn, deadline): a turn's result is the slot; its exception, a refusal.
-        self._line: deque[tuple[asyncio.Future[None], float | None]] = deque()
-        self._background: deque[tuple[asyncio.Future[None], float | None]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        """Callers in line (not counting background starts)."""
-        return sum(1 for turn, _ in self._line if not turn.done())
-
-    def expected_wait_s(self) -> float:
-        """How long a caller who joins the line now can expect to wait for a slot: every
-        caller ahead of it, and then itself, needs a start to end first."""
-        if self.active < self.slots and not self.waiting:
-            return 0.0
-        return (self.waiting + 1) * self.typical_s / self.slots
-
-    async def acquire(self, deadline: float | None = None, *, background: bool = False) -> None:
-        """Wait for a slot until *deadline* (monotonic; None: no limit). TimeoutError when
-        the deadline passes first, LineTooLong when it clearly will; the caller must
-        :meth:`release` a slot it got."""
-        ahead = self.waiting > 0 or (background and any(not t.done() for t, _ in self._background))
-        if self.active < self.slots and not ahead:
-            self.active += 1
-            return
-        line = self._background if background else self._line
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (turn, deadline)
-        line.append(entry)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await turn
-        except BaseException:
-            if turn.done() and not turn.cancelled() and turn.exception() is None:
-                self._hand_on()  # given the slot in the same instant it gave up
-            with contextlib.suppress(ValueError):
-                line.remove(entry)
-            raise
-
-    def close(self, exc: BaseException) -> None:
-        """Fail everyone in line with *exc* (the manager is shutting down)."""
-        for line in (self._line, self._background):
-            while line:
-                turn, _ = line.popleft()
-                if not turn.done():
-                    turn.set_exception(exc)
-
-    def release(self, held_s: float) -> None:
-        """Give a slot back after holding it for *held_s* seconds."""
-        self.typical_s = 0.7 * self.typical_s + 0.3 * max(0.0, held_s)
-        self._hand_on()
-        self._refuse_hopeless()
-
-    def _hand_on(self) -> None:
-        # The slot goes straight to the next in line (so nobody can overtake the line
-        # between a release and the waiter's wake-up); without one it is freed.
-        for line in (self._line, self._background):
-            while line:
-                turn, _ = line.popleft()
-                if not turn.done():
-                    turn.set_result(None)
-                    return
-        self.active -= 1
-
-    def _refuse_hopeless(self) -> None:
-        """Tell the callers in line who cannot get a slot before their deadline, at the
-        pace starts go now. Optimistic on purpose (the one at the head is never told:
-        the next slot is its own), so that nobody is refused who would have made it."""
-        now, position = time.monotonic(), 0
-        for turn, deadline in list(self._line):
-            if turn.done():
-                continue
-            wait = position * self.typical_s / self.slots
-            position += 1
-            if deadline is not None and now + wait > deadline:
-                turn.set_exception(LineTooLong(wait))
-
-
-@dataclass(frozen=True)
-class GarbageReport:
-    containers: int
-    directories: int
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-async def sweep_orphans(runtime: Runtime, run_root: Path, *,
-                        only_dead_owners: bool = True,
-                        engine_wide: bool = False) -> GarbageReport:
-    """Remove containers of dead owners on this host, containers whose session closed
-    without removing them, and run dirs no container names.
-
-    Only containers whose run dir (their label) lies under *run_root* are considered:
-    another user's or another tool's Agent Box containers on the same engine are theirs
-    to sweep, even when their owner pid is not alive here (``engine_wide`` lifts that,
-    for ``agentbox gc --all``)."""
-    host = socket.gethostname()
-    containers = await runtime.list({LABEL_APP: "agentbox"})
-    removed = 0
-    claimed_dirs: set[str] = set()
-    for c in containers:
-        owner = c.labels.get(LABEL_OWNER_PID, "")
-        same_host = c.labels.get(LABEL_HOST, host) == host
-        run_dir_label = c.labels.get(LABEL_RUN_DIR, "")
-        if not engine_wide and not (run_dir_label and Path(run_dir_label).parent == run_root):
-            continue
-        # A live owner's session removes its run dir only as the last step of closing
-        # (and creates it before the container), so a container of ours whose run dir is
-        # gone is one that close() could not remove (an engine outage) or whose start
-        # was abandoned before the engine answered: an orphan too.
-        closed = same_host and _run_dir_gone(run_dir_label, run_root)
-        orphan = (same_host and owner.isdigit() and not pid_alive(int(owner))) \
-            or closed or not only_dead_owners
-        if orphan:
-            try:
-                await runtime.remove(c.id)
-                removed += 1
-            except SandboxError as exc:
-                log.warning("could not remove orphan container %s: %s", c.id[:12], exc)
-                claimed_dirs.add(c.labels.get(LABEL_RUN_DIR, ""))
-            else:
-                run_dir = c.labels.get(LABEL_RUN_DIR)
-                if run_dir and Path(run_dir).parent == run_root:
-                    remove_run_dir(run_dir)
-        else:
-            claimed_dirs.add(c.labels.get(LABEL_RUN_DIR, ""))
-    dirs = await asyncio.to_thread(_sweep_dirs, run_root, claimed_dirs, only_dead_owners)
-    return GarbageReport(removed, dirs)
-
-
-def _run_dir_gone(label: str, run_root: Path) -> bool:
-    """Whether a container's run dir (its label) was one of ours and has been removed."""
-    return bool(label) and Path(label).parent == run_root and not os.path.lexists(label)
-
-
-def _sweep_dirs(run_root: Path, claimed: set[str], only_dead_owners: bool) -> int:
-    """Remove session run dirs that no container claims (and that are not brand new)."""
-    if not run_root.is_dir():
-        return 0
-    dirs = 0
-    now = time.time()
-    for child in run_root.iterdir():
-        if not child.name.startswith("s-") or str(child) in claimed:
-            continue
-        try:
-            age = now - child.stat().st_mtime
-        except OSError:
-            continue
-        if age >= ORPHAN_DIR_MIN_AGE_S or not only_dead_owners:
-            remove_run_dir(child)
-            dirs += 1
-    return dirs
-
-
-def collect_garbage(run_root: Path | None = None, *, engine_wide: bool = False) -> GarbageReport:
-    """``agentbox gc``: one orphan sweep, synchronously (``--all``: *engine_wide*)."""
-    from sandbox._config import default_base_dir
-    from sandbox._runtime.docker import DockerRuntime
-
-    async def sweep() -> GarbageReport:
-        runtime = DockerRuntime()
-        try:
-            return await sweep_orphans(runtime, run_root or default_base_dir(),
-                                       engine_wide=engine_wide)
-        finally:
-            await runtime.close()
-
-    return asyncio.run(sweep())
 
 
 class SessionManager:
@@ -274,7 +63,7 @@ class SessionManager:
                  runtime: Runtime | None = None) -> None:
         self.config = config or ManagerConfig()
         if runtime is None:
-            from sandbox._runtime.docker import default_runtime
+            from sandbox._runtime.dockerd import default_runtime
 
             runtime = default_runtime()
         self.runtime = runtime

@@ -4,8 +4,8 @@ sessions, the manager or the API.
 
 A backend only runs containers: start one from a :class:`ContainerSpec`, say how
 it is, signal it, run a command inside it with stdin/stdout (used for file
-transfer), list the ones carrying given labels, and remove them. Everything
-about kernels lives above it.
+transfer), list the ones carrying given labels, and remove them; and say whether
+it is up at all (:meth:`Runtime.probe`). Everything about kernels lives above it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandbox._config import SandboxConfig
 
@@ -61,6 +62,27 @@ class ExecOutput:
 
 
 @dataclass(frozen=True)
+class EngineProbe:
+    """Whether the engine answers, and whether the kernel image is there (``/healthz``,
+    ``agentbox doctor``)."""
+
+    engine: bool
+    engine_error: str = ""
+    image: str = ""
+    image_present: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.engine and self.image_present
+
+    def as_health(self) -> dict[str, Any]:
+        """The engine part of ``/healthz``'s body."""
+        if not self.engine:
+            return {"engine": False, "engine_error": self.engine_error, "image_present": False}
+        return {"engine": True, "image": self.image, "image_present": self.image_present}
+
+
+@dataclass(frozen=True)
 class ContainerSummary:
     id: str
     name: str
@@ -106,6 +128,11 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def list(self, labels: dict[str, str]) -> list[ContainerSummary]:
         """Containers (running or not) carrying every one of *labels*."""
+
+    @abc.abstractmethod
+    async def probe(self, image: str | None = None, *, timeout_s: float = 5.0) -> EngineProbe:
+        """Whether the engine answers and *image* (default: the tag the current sources
+        build to) is present. Never raises for an engine that is down: says so."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has none."""

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from sandbox._doctor import run_checks
-from sandbox._image import build_image, image_tag
+from sandbox._image import image_tag
+from sandbox._runtime.dockerd.build import build_image
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -64,3 +65,15 @@ def test_doctor_cli_exit_code() -> None:
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ready: sandboxes can run here" in proc.stdout
+
+
+async def test_the_runtime_probe_sees_the_engine_and_the_image() -> None:
+    from sandbox._runtime.dockerd import DockerRuntime
+
+    runtime = DockerRuntime()
+    try:
+        probe = await runtime.probe()
+    finally:
+        await runtime.close()
+    assert probe.ok and probe.image == image_tag() and probe.engine_error == ""
+    assert probe.as_health() == {"engine": True, "image": image_tag(), "image_present": True}

@@ -21,9 +21,9 @@ from sandbox import (
     SessionNotFoundError,
     SessionState,
 )
-from sandbox._manager import sweep_orphans
+from sandbox._gc import sweep_orphans
 from sandbox._runtime.base import LABEL_APP, LABEL_SESSION
-from sandbox._runtime.docker import default_runtime
+from sandbox._runtime.dockerd import default_runtime
 
 pytestmark = pytest.mark.usefixtures("engine")
 

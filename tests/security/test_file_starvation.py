@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-import sandbox._runtime.docker as docker_runtime
+import sandbox._runtime.dockerd.attach as docker_runtime
 from sandbox import AsyncSession, FileOperationError, SandboxConfig
-from sandbox._runtime.docker import MAX_ABANDONED_EXECS
+from sandbox._runtime.dockerd.execs import MAX_ABANDONED_EXECS
 from tests.api.conftest import KEY_A, KEY_B, make_settings, run_server
 
 T = TypeVar("T")

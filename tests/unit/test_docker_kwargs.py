@@ -9,7 +9,7 @@ import pytest
 
 from sandbox._config import SandboxConfig, make_config
 from sandbox._runtime.base import CONTAINER_HOME, CONTAINER_RUN_DIR, ContainerSpec
-from sandbox._runtime.docker import container_kwargs
+from sandbox._runtime.dockerd.container import container_kwargs
 
 ENV = {"AGENTBOX_AUTOSTART": "/run/kernel/connection.json", "MY_VAR": "1"}
 LABELS = {"org.agentbox.app": "agentbox", "org.agentbox.session": "s-1"}

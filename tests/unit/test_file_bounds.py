@@ -13,7 +13,7 @@ import pytest
 
 from sandbox import FileOperationError
 from sandbox._files import MAX_LIST_LINE, FileOps, FileSlots, clean_text, parse_listing
-from sandbox._runtime.docker import MAX_EXEC_FRAME, ExecStream
+from sandbox._runtime.dockerd.attach import MAX_EXEC_FRAME, ExecStream
 
 
 def frame(kind: int, payload: bytes) -> bytes:

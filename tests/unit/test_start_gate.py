@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sandbox._manager import LineTooLong, StartGate
+from sandbox._start_gate import LineTooLong, StartGate
 
 
 async def settle() -> None:
