@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sandbox._doctor import run_checks
+from sandbox.cli.doctor import run_checks
 from sandbox._image import build_image, image_tag
 
 pytestmark = pytest.mark.usefixtures("engine")
