@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from sandbox.cli.doctor import run_checks
 from sandbox._image import build_image, image_tag
+from sandbox.cli.doctor import run_checks
 
 pytestmark = pytest.mark.usefixtures("engine")
 
