@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from sandbox._doctor import run_checks
 from sandbox._image import image_tag
 from sandbox._runtime.dockerd.build import build_image
+from sandbox.cli.doctor import run_checks
 
 pytestmark = pytest.mark.usefixtures("engine")
 

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from sandbox._run import split_cells
+from sandbox.cli.run import split_cells
 from tests.api.conftest import KEY_A, make_settings, run_server
 
 pytestmark = pytest.mark.usefixtures("engine")

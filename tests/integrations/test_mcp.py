@@ -10,9 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,16 +19,15 @@ from typing import Any
 import pytest
 from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.types import CallToolResult, EmbeddedResource, ImageContent, TextContent
+from mcp.types import CallToolResult, EmbeddedResource, ImageContent
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
+from tests._mcp import AGENTBOX_MCP, ROOT, containers_of, mcp_http_server, text
 
 pytestmark = pytest.mark.usefixtures("engine")
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-SERVER = StdioServerParameters(command=sys.executable, args=["-m", "sandbox.cli", "mcp"],
+SERVER = StdioServerParameters(command=AGENTBOX_MCP[0], args=AGENTBOX_MCP[1:],
                                env=dict(os.environ), cwd=str(ROOT))
 
 
@@ -50,10 +46,6 @@ async def call(session: ClientSession | Client, tool: str, **args: Any) -> CallT
     return result
 
 
-def text(result: CallToolResult) -> str:
-    return "\n".join(c.text for c in result.content if isinstance(c, TextContent))
-
-
 def server_pids() -> list[int]:
     """`sandbox.cli mcp` processes this test process started."""
     found = []
@@ -66,14 +58,6 @@ def server_pids() -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return found
-
-
-def containers_of(engine: Any, pid: int) -> list[str]:
-    """Ids of the server's containers (the low-level list: no inspect of each, which
-    races a removal)."""
-    found = engine.api.containers(all=True, filters={
-        "label": [f"{LABEL_APP}=agentbox", f"{LABEL_OWNER_PID}={pid}"]})
-    return [str(c["Id"]) for c in found]
 
 
 def gone(pid: int) -> bool:
@@ -204,28 +188,8 @@ async def test_stateless_protocol_era_over_stdio_keeps_state() -> None:
         assert not result.is_error and text(result) == "42"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 async def test_streamable_http_one_sandbox_per_session(engine: Any) -> None:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "mcp", "--transport",
-                             "streamable-http", "--port", str(port)], cwd=ROOT,
-                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        deadline = time.monotonic() + 30
-        while not listening(port):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+    with mcp_http_server() as (proc, url):
         async with Client(url, mode="legacy") as one, Client(url, mode="legacy") as two:
             await call(one, "run_code", code="who = 'one'")
             await call(two, "run_code", code="who = 'two'")
@@ -253,7 +217,3 @@ async def test_streamable_http_one_sandbox_per_session(engine: Any) -> None:
             proc.send_signal(signal.SIGTERM)  # graceful shutdown removes them too, exit 0
             assert proc.wait(timeout=30) == 0
         assert containers_of(engine, proc.pid) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -15,13 +15,8 @@ A real `agentbox mcp` subprocess with AGENTBOX_API_KEYS set, on a real engine:
 from __future__ import annotations
 
 import base64
-import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,62 +24,21 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, ImageContent, TextContent
+from mcp.types import CallToolResult, ImageContent
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
-from sandbox.mcp_server import SESSION_META_KEY, BearerAuth, api_keys
+from sandbox._runtime.base import LABEL_OWNER_PID
+from sandbox.integrations.mcp import SESSION_META_KEY, BearerAuth, api_keys
+from tests._mcp import containers_of, mcp_http_server, text
 
 pytestmark = pytest.mark.usefixtures("engine")
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY, OTHER = "k-alpha-0123456789", "k-beta-9876543210"
 PNG = b"\x89PNG\r\n\x1a\n"
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {},
     "clientInfo": {"name": "raw", "version": "1"}}}
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def containers_of(engine: Any, pid: int) -> list[str]:
-    found = engine.api.containers(all=True, filters={
-        "label": [f"{LABEL_APP}=agentbox", f"{LABEL_OWNER_PID}={pid}"]})
-    return [str(c["Id"]) for c in found]
-
-
-@contextmanager
-def keyed_server(runtime: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A real `agentbox mcp` on loopback with two API keys; killed at the end whatever
-    happens."""
-    import socket
-
-    port = free_port()
-    env = {**os.environ, "AGENTBOX_API_KEYS": f"{KEY}, {OTHER}"}
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "mcp", "--transport",
-                             "streamable-http", "--port", str(port), "--runtime", runtime],
-                            cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        yield proc, f"http://127.0.0.1:{port}/mcp"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @asynccontextmanager
@@ -99,10 +53,6 @@ async def call(c: Client, tool: str, **args: Any) -> CallToolResult:
     result = await c.call_tool(tool, args)
     assert isinstance(result, CallToolResult)
     return result
-
-
-def text(result: CallToolResult) -> str:
-    return "\n".join(c.text for c in result.content if isinstance(c, TextContent))
 
 
 def handle_of(result: CallToolResult) -> str:
@@ -122,10 +72,20 @@ def test_keys_are_read_as_agentbox_serve_reads_them(tmp_path: Path) -> None:
     assert not auth.allows(b"Bearer c") and not auth.allows(b"") and not auth.allows(b"Basic a")
 
 
+def test_the_old_module_path_still_works() -> None:
+    """`sandbox.mcp_server` re-exports the package, build_server (the SDK) lazily."""
+    from sandbox import mcp_server
+    from sandbox.integrations import mcp
+
+    assert mcp_server.BearerAuth is BearerAuth and mcp_server.run is mcp.run
+    assert mcp_server.build_server is mcp.build_server
+
+
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
 async def test_default_mode_client_runs_code_with_a_key_and_is_refused_without(
         engine: Any, runtime: str) -> None:
-    with keyed_server(runtime) as (proc, url):
+    keys = {"AGENTBOX_API_KEYS": f"{KEY}, {OTHER}"}
+    with mcp_http_server("--runtime", runtime, env=keys) as (proc, url):
         async with httpx2.AsyncClient(timeout=30) as raw:
             for headers in ({}, {"Authorization": "Bearer wrong"},
                             {"Authorization": f"Basic {KEY}"}):

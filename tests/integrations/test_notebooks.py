@@ -54,12 +54,13 @@ def text(outs: list[NotebookNode]) -> str:
 
 
 def started_by_subprocesses(engine: Any) -> list[str]:
-    """Containers of this test run owned by another process (such as a notebook's kernel)."""
+    """Containers of this test run owned by another process (such as a notebook's kernel).
+    The low-level list: inspecting each would race a removal (another test's, CI's)."""
     run_root = os.environ["AGENTBOX_RUN_ROOT"].rstrip("/") + "/"
-    found = engine.containers.list(all=True, filters={"label": f"{LABEL_APP}=agentbox"})
-    return [c.name for c in found
-            if c.labels.get(LABEL_RUN_DIR, "").startswith(run_root)
-            and c.labels.get(LABEL_OWNER_PID) != str(os.getpid())]
+    found = engine.api.containers(all=True, filters={"label": f"{LABEL_APP}=agentbox"})
+    return [str(c["Names"][0]).lstrip("/") for c in found
+            if (c.get("Labels") or {}).get(LABEL_RUN_DIR, "").startswith(run_root)
+            and (c.get("Labels") or {}).get(LABEL_OWNER_PID) != str(os.getpid())]
 
 
 # -- what each notebook must show ---------------------------------------------------------

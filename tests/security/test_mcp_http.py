@@ -16,14 +16,8 @@ flood of idle clients would send.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
-from pathlib import Path
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -31,65 +25,18 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 
 from sandbox._exceptions import ConfigError
-from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
-from sandbox.mcp_server import HTTP_MAX_SESSIONS, bind_http
+from sandbox.integrations.mcp import HTTP_MAX_SESSIONS, bind_http
+from tests._mcp import containers_of, mcp_http_server, text
 
 pytestmark = pytest.mark.usefixtures("engine")
 
-ROOT = Path(__file__).resolve().parents[2]
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {},
     "clientInfo": {"name": "idle", "version": "1"}}}
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def mcp_server(host: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A real `agentbox mcp` on *host*; killed at the end whatever happens."""
-    port = free_port(host)
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "mcp", "--transport",
-                             "streamable-http", "--host", host, "--port", str(port), *args],
-                            cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex((host, port)) == 0:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        yield proc, f"http://{host}:{port}/mcp"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def containers_of(engine: Any, pid: int) -> list[str]:
-    """Ids of the server's containers (the low-level list: no inspect of each, which
-    races a removal)."""
-    found = engine.api.containers(all=True, filters={
-        "label": [f"{LABEL_APP}=agentbox", f"{LABEL_OWNER_PID}={pid}"]})
-    return [str(c["Id"]) for c in found]
-
-
-def text(result: Any) -> str:
-    assert isinstance(result, CallToolResult)
-    return "\n".join(c.text for c in result.content if isinstance(c, TextContent))
 
 
 # -- DNS rebinding -------------------------------------------------------------------------
@@ -118,7 +65,7 @@ def test_only_loopback_binds_and_the_host_list_is_what_is_bound() -> None:
 
 
 async def test_foreign_host_or_origin_is_refused() -> None:
-    with mcp_server("127.0.0.2") as (_proc, url):
+    with mcp_http_server(host="127.0.0.2") as (_proc, url):
         port = url.split(":")[2].split("/")[0]
         async with httpx2.AsyncClient(timeout=30) as http:
             async def status(**headers: str) -> int:
@@ -151,7 +98,7 @@ REAP_MARGIN_S = 20.0  # the reaper runs every IDLE_S / 4; the rest is a loaded m
 
 
 async def test_idle_sessions_do_not_lock_out_a_new_client(engine: Any) -> None:
-    with mcp_server("127.0.0.1", "--idle-timeout", str(IDLE_S)) as (proc, url):
+    with mcp_http_server("--idle-timeout", str(IDLE_S)) as (proc, url):
         async with AsyncExitStack() as stack:
             http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30))
             # Two real clients that used a sandbox and went quiet (the SDK client keeps
@@ -222,7 +169,7 @@ async def test_stateless_sandboxes_are_bounded_and_idle_ones_reclaimed(engine: A
     # sandbox. Unbounded, a loop of them would fill the engine; now at most
     # --max-sessions are open, a new one past that is refused at once, an idle one is
     # removed after the idle timeout, and one whose call is still running is not.
-    with mcp_server("127.0.0.1", "--max-sessions", "2", "--idle-timeout",
+    with mcp_http_server("--max-sessions", "2", "--idle-timeout",
                     str(HANDLE_IDLE_S)) as (proc, url):
         async with Client(url) as client:
             first = await client.call_tool("run_code", {"code": "v = 1"})

@@ -45,3 +45,18 @@ def test_image_tag_needs_no_engine() -> None:
 def test_usage_errors_exit_2() -> None:
     proc = agentbox("image", "bogus")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_the_cli_and_the_integrations_load_their_libraries_only_when_used() -> None:
+    """`agentbox --version` and the parser load no server; the MCP package loads no SDK
+    until build_server is used; the old module paths re-export the new ones."""
+    code = (
+        "import sys, sandbox.cli, sandbox.integrations.mcp, sandbox.mcp_server\n"
+        "sandbox.cli.build_parser()\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(roots & {'api', 'fastapi', 'uvicorn', 'sqlalchemy', 'mcp', 'langchain_core'}))\n"
+        "assert sandbox.mcp_server.bind_http is sandbox.integrations.mcp.bind_http\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -16,8 +16,8 @@ from rich.rule import Rule
 from sandbox._models import ExecutionResult
 from sandbox._notebook import dumps, to_notebook
 from sandbox._outputs import Event
-from sandbox._render import TerminalRenderer
 from sandbox._sync import Session
+from sandbox.cli.render import TerminalRenderer
 
 CELLS = [
     # 1. data, made in the box

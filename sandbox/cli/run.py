@@ -21,7 +21,7 @@ from rich.rule import Rule
 from sandbox._exceptions import ConfigError, SandboxError
 from sandbox._models import DisplayOutput, ErrorOutput, ExecutionResult, StreamOutput
 from sandbox._notebook import dumps, to_notebook
-from sandbox._render import TerminalRenderer
+from sandbox.cli.render import TerminalRenderer
 
 CELL_MARKER = "# %%"
 
