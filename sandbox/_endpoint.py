@@ -97,17 +97,17 @@ def write_init_key(run_dir: Path, uid: int, gid: int) -> bytes:
 
 
 
+def connection_info(prefix: str, key: str, *, signature_scheme: str = "hmac-sha256",
+                    kernel_name: str = "agentbox") -> dict[str, Any]:
+    """A kernel's connection info as the kernel sees it: ipc sockets
+    ``/run/kernel/<prefix>-<port>``, the fixed ports 1..5."""
+    return {"transport": "ipc", "ip": f"{CONTAINER_RUN_DIR}/{prefix}", "key": key,
+            "signature_scheme": signature_scheme, "kernel_name": kernel_name, **PORTS}
+
+
 def write_endpoint(run_dir: Path, generation: int, uid: int, gid: int) -> KernelEndpoint:
     """Write ``kernel-<g>.json`` for the kernel (container paths, 256-bit key)."""
-    key = secrets.token_hex(32)
-    info: dict[str, Any] = {
-        "transport": "ipc",
-        "ip": f"{CONTAINER_RUN_DIR}/k{generation}",
-        "key": key,
-        "signature_scheme": "hmac-sha256",
-        "kernel_name": "agentbox",
-        **PORTS,
-    }
+    info = connection_info(f"k{generation}", secrets.token_hex(32))
     # A name the box cannot guess, so it cannot plant anything there beforehand.
     name = f"kernel-{generation}-{secrets.token_hex(4)}.json"
     write_connection_file(run_dir / name, info, uid, gid)

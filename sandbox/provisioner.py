@@ -87,6 +87,7 @@ from jupyter_client.session import Session
 from traitlets import Dict, Float, Integer, Unicode
 
 from sandbox import _zmtp as zmtp
+from sandbox._box import death_from_exit
 from sandbox._config import SandboxConfig, default_base_dir, make_config
 from sandbox._exceptions import SandboxError, SessionStartError
 from sandbox._kernel import (
@@ -111,7 +112,6 @@ from sandbox._runtime.base import (
     ContainerSpec,
     Runtime,
 )
-from sandbox._session import death_from_exit
 from sandbox._uids import UidLease, for_session
 
 PROVISIONER_NAME = "agentbox-provisioner"
