@@ -30,7 +30,7 @@ import logging
 import secrets
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,13 @@ from sandbox._exceptions import (
 )
 from sandbox._files import FileOps
 from sandbox._init_client import InitClient
-from sandbox._kernel import KernelConnection, KernelEndpoint, clear_run_dir, write_endpoint
-from sandbox._models import ExecutionResult, FileInfo, KernelDeath, SessionInfo
+from sandbox._kernel import KernelConnection
+from sandbox._models import ExecutionResult, KernelDeath, SessionInfo
 from sandbox._outputs import Event, OutputAssembler
-from sandbox._rundir import make_run_dir, remove_run_dir
+from sandbox._rundir import remove_run_dir
 from sandbox._runtime.base import Runtime
+from sandbox._session_files import SessionFiles
+from sandbox._slot import KernelSlot
 from sandbox._uids import for_session
 
 log = logging.getLogger("sandbox.session")
@@ -68,7 +70,7 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-class AsyncSession:
+class AsyncSession(SessionFiles):
     """One sandbox. Create with ``async with AsyncSession() as s:`` or ``await s.start()``."""
 
     def __init__(
@@ -110,9 +112,10 @@ class AsyncSession:
         self._life_lock = asyncio.Lock()
         self._box = Box(runtime, self.config, self.run_dir, name=self.id, image=self.image,
                         labels=self.labels)
-        self._kernel: KernelConnection | None = None
-        self._generation = 0  # ours: names the connection file and sockets
-        self._watch_task: asyncio.Task[None] | None = None
+        # The box's current kernel; KernelConnection is looked up here at each start, so
+        # that a benchmark can swap the transport (bench/bench_tuning.py).
+        self._slot = KernelSlot(self._box, self.config, self.run_dir,
+                                lambda *a, **kw: KernelConnection(*a, **kw), self._died)
         self._death: KernelDeath | None = None
         self._active_msg: str | None = None
         self._files = FileOps(self.runtime, self.config, self._container_for_files)
@@ -137,7 +140,7 @@ class AsyncSession:
     def generation(self) -> int:
         """Kernels started so far (a restart or a replaced container adds one): an
         operation that saw it change was cut short by a restart."""
-        return self._generation
+        return self._slot.generation
 
     @property
     def restarting(self) -> bool:
@@ -158,6 +161,10 @@ class AsyncSession:
     @property
     def _init(self) -> InitClient:
         return self._box.init
+
+    @property
+    def _kernel(self) -> KernelConnection | None:
+        return self._slot.kernel
 
     def __repr__(self) -> str:
         return f"<AsyncSession {self.id} {self._state.value}>"
@@ -202,48 +209,14 @@ class AsyncSession:
             self._state = SessionState.READY
         return self
 
-    def _next_endpoint(self) -> KernelEndpoint:
-        self._generation += 1
-        return write_endpoint(self.run_dir, self._generation, self.config.uid, self.config.gid)
-
     async def _launch(self, deadline: float, *, replace: bool = False) -> None:
         """A container (in place of the old one if *replace*: files lost) and its kernel."""
-        t0 = time.monotonic()
-        endpoints: list[KernelEndpoint] = []
-
-        def prepare() -> str:
-            if replace:
-                clear_run_dir(self.run_dir)
-            elif not self.run_dir.exists():
-                make_run_dir(self.run_dir, self.config.uid, self.config.gid)
-            endpoints.append(self._next_endpoint())
-            return endpoints[-1].connection_file
-
-        if replace:
-            await self._box.replace(prepare)
-        else:
-            await self._box.launch(prepare())
-        t1 = time.monotonic()
-        self.phases["container_start"] = t1 - t0
-        await self._connect(endpoints[-1], deadline)
-        self.phases["kernel_ready"] = time.monotonic() - t1
-
-    async def _connect(self, endpoint: KernelEndpoint, deadline: float) -> None:
-        kernel = KernelConnection(endpoint, max_message_bytes=self.config.max_message_bytes,
-                                  container_id=self._box.container_id)
-        try:
-            await kernel.connect(self.run_dir, deadline, alive=self._box.running)
-        except BaseException:
-            await kernel.close()
-            raise
-        self._kernel = kernel
+        container_s, kernel_s = await self._slot.launch(deadline, replace=replace)
+        self.phases["container_start"], self.phases["kernel_ready"] = container_s, kernel_s
         self._death = None
-        self._watch_task = asyncio.create_task(self._watch(self._box.init_generation))
 
-    # -- death watch -------------------------------------------------------------------
-    async def _watch(self, init_generation: int) -> None:
-        """Waits on agentbox-init for this kernel's exit; runs for the kernel's lifetime."""
-        death = await self._box.wait_death(init_generation)
+    def _died(self, death: KernelDeath) -> None:
+        """The death watch's report: the kernel (or its container) is gone."""
         if self._state is SessionState.CLOSED:
             return
         self._state = SessionState.DEAD
@@ -257,48 +230,20 @@ class AsyncSession:
             self._kernel.post(self._active_msg, "died", {"death": death})
 
     # -- kernel replacement -------------------------------------------------------------
-    async def _drop_kernel(self) -> None:
-        task, self._watch_task = self._watch_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        kernel, self._kernel = self._kernel, None
-        if kernel is not None:
-            await kernel.close()
-
-    def _remove_generation_files(self, endpoint: KernelEndpoint | None) -> None:
-        if endpoint is None:
-            return
-        for path in (self.run_dir / endpoint.connection_file,
-                     *endpoint.socket_paths(self.run_dir)):
-            with contextlib.suppress(OSError):
-                path.unlink()
-
     async def _restart_in_place(self) -> bool:
         """Kill everything in the container, start a fresh kernel there. False when that
         failed (the container is to be replaced)."""
-        old = self._kernel.endpoint if self._kernel is not None else None
-        await self._drop_kernel()
-        endpoints: list[KernelEndpoint] = []
-
-        def prepare() -> str:
-            self._remove_generation_files(old)
-            endpoints.append(self._next_endpoint())
-            return endpoints[-1].connection_file
-
         try:
-            await self._box.restart_kernel(prepare)
-            await self._connect(endpoints[-1], time.monotonic() + self.config.start_timeout_s)
-            return True
+            await self._slot.restart_in_place(time.monotonic() + self.config.start_timeout_s)
         except SandboxError as exc:
             log.warning("session %s: restart in place failed (%s); replacing the container",
                         self.id, exc)
             return False
+        self._death = None
+        return True
 
     async def _replace_container(self) -> None:
         """A new container (files lost). Raises SessionLostError if that failed too."""
-        await self._drop_kernel()
         try:
             await self._launch(time.monotonic() + self.config.start_timeout_s, replace=True)
         except SandboxError as exc:
@@ -474,30 +419,6 @@ class AsyncSession:
                                    "or restart to get a new one", session_id=self.id)
         return container
 
-    # Each is bounded per session and cut at config.file_timeout_s on the host's clock
-    # (FileOperationError "busy", "timeout"), whatever the box does to the helper.
-    async def upload(self, path: str, data: bytes | str | AsyncIterable[bytes]) -> None:
-        """Write *data* to *path* in the working directory (parents created). Chunks
-        (an async iterable) are read only once the session's turn for files has come."""
-        payload = (data.encode() if isinstance(data, str)
-                   else data if isinstance(data, AsyncIterable) else bytes(data))
-        await self._files.write(path, payload, self.config.max_upload_bytes)
-        self.last_used = time.monotonic()
-
-    async def download(self, path: str) -> bytes:
-        """The bytes of the regular file *path* (symlinks are refused)."""
-        data = await self._files.read(path, self.config.max_download_bytes)
-        self.last_used = time.monotonic()
-        return data
-
-    async def list_files(self, path: str = "") -> list[FileInfo]:
-        """Files and directories under *path* (recursive), symlinks not followed."""
-        return await self._files.list(path)
-
-    async def delete_file(self, path: str) -> None:
-        """Remove a file, symlink or directory tree under the working directory."""
-        await self._files.delete(path)
-
     # -- close ---------------------------------------------------------------------------
     async def close(self) -> None:
         """Remove the container and every host-side file of the session. Idempotent."""
@@ -516,7 +437,7 @@ class AsyncSession:
         # down, a reaper pass cut short): the removal is shielded, the dir always goes.
         container = self._box.container_id
         try:
-            await self._drop_kernel()
+            await self._slot.drop()
             try:
                 await self._box.remove()
             except SandboxError as exc:
