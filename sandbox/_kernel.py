@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,7 +46,7 @@ from sandbox._endpoint import (
     write_endpoint,
     write_init_key,
 )
-from sandbox._exceptions import DeadlineExceeded, SandboxError
+from sandbox._exceptions import DeadlineExceeded, SandboxError, SessionStartError
 from sandbox._init_client import MAX_INIT_REPLY, InitClient, InitUnavailable, init_mac
 from sandbox._route import ROUTE_BUDGET, Route, message_size
 from sandbox._wire import (
@@ -330,10 +331,60 @@ class KernelConnection:
         self._channels = {}
 
 
+PROBE_MAX_BYTES = 1 << 20  # one kernel_info reply (untrusted: from the box) at most
+PROBE_FIRST_S = 0.05  # the control probe's first repeat; x1.25 per repeat, up to:
+PROBE_MAX_S = 0.5
+
+
+async def probe_control(path: Path, key: bytes, signature_scheme: str, container_id: str | None,
+                        deadline: float, *, exited: Callable[[], Awaitable[bool]],
+                        session_id: str | None = None) -> None:
+    """Until the kernel answers ``kernel_info_request`` on its control socket *path*.
+
+    ipykernel 6.31 has a start-up race on its control lock: a control request that
+    arrives just after the sockets are bound can go unanswered (measured here: most
+    first requests on a loaded machine; requests sent meanwhile are lost too). The
+    request is repeated every 50 ms, backing off to 0.5 s for a kernel that is just
+    slow, and an answer to any of them counts. SessionStartError when the deadline
+    passes, *exited* says the kernel is gone, or the connection fails.
+    """
+    session = Session(key=key, signature_scheme=signature_scheme)
+    limits = zmtp.Limits(max_frames=MAX_FRAMES, max_bytes=PROBE_MAX_BYTES,
+                         budget=PROBE_MAX_BYTES, max_header_bytes=MAX_HEADER_BYTES)
+    try:
+        conn = await zmtp.Connection.open(path, "DEALER", limits, container_peer(container_id))
+    except OSError as exc:
+        raise SessionStartError(f"cannot connect to the kernel's control socket: {exc}",
+                                session_id=session_id) from exc
+    interval = PROBE_FIRST_S
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SessionStartError("the sandboxed kernel did not answer on its control "
+                                        "channel before the start deadline (start_timeout_s)",
+                                        session_id=session_id)
+            try:
+                conn.send(session.serialize(session.msg("kernel_info_request", {})))
+                async with asyncio.timeout(min(remaining, interval)):
+                    await conn.recv()  # any answer: the control lock works now
+                return
+            except TimeoutError:  # (an OSError: caught before the next clause)
+                interval = min(interval * 1.25, PROBE_MAX_S)
+                if await exited():
+                    raise SessionStartError("the sandboxed kernel exited while starting",
+                                            session_id=session_id) from None
+            except OSError as exc:  # ZmtpError: the kernel or a cap ended the connection
+                raise SessionStartError(f"the kernel's control connection failed while "
+                                        f"starting: {exc}", session_id=session_id) from exc
+    finally:
+        conn.close()
+
+
 __all__ = [
     "CHANNEL_BUDGET", "INIT_KEY_FILE", "INIT_SOCKET", "MAX_FRAMES", "MAX_HEADER_BYTES",
     "MAX_INIT_REPLY", "PORTS", "ROUTE_BUDGET", "InitClient", "InitUnavailable",
     "KernelConnection", "KernelEndpoint", "Route", "RunDirError", "assemble",
     "clear_run_dir", "container_peer", "deserialize", "deserialize_async", "init_mac",
-    "message_size", "split", "write_connection_file", "write_endpoint", "write_init_key",
+    "message_size", "probe_control", "split", "write_connection_file", "write_endpoint", "write_init_key",
 ]

@@ -72,35 +72,30 @@ import os
 import secrets
 import signal
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from jupyter_client.session import Session
 from traitlets import Dict, Float, Integer, Unicode
 
-from sandbox import _zmtp as zmtp
 from sandbox._box import INIT_SIGNALS, Box, box_labels, death_from_state
 from sandbox._config import SandboxConfig, default_base_dir, make_config
 from sandbox._endpoint import (
     PORTS,
     connection_info,
-    container_peer,
     wait_for_sockets,
     write_connection_file,
 )
 from sandbox._exceptions import SandboxError, SessionStartError
+from sandbox._exit_call import engine_call, run_in_own_thread
+from sandbox._kernel import probe_control
 from sandbox._models import KernelDeath
 from sandbox._rundir import make_run_dir, remove_run_dir
 from sandbox._runtime.base import Runtime
 from sandbox._uids import UidLease, for_session
-from sandbox._wire import MAX_FRAMES, MAX_HEADER_BYTES
 
 PROVISIONER_NAME = "agentbox-provisioner"
 KERNEL_NAME = "agentbox"
@@ -110,64 +105,6 @@ LABEL_KERNEL_ID = "org.agentbox.kernel-id"
 CONNECTION_FILE = "kernel.json"  # the container-side connection file, in the run dir
 SOCKET_PREFIX = "k1"  # sockets are <run dir>/k1-1 .. k1-5 (/run/kernel/k1-N inside)
 PING_TIMEOUT_S = 2.0
-ENGINE_THREAD_TIMEOUT_S = 60.0  # an engine call made from a thread of our own (at exit)
-PROBE_MAX_BYTES = 1 << 20  # one kernel_info reply (untrusted: from the box) at most
-PROBE_FIRST_S = 0.05  # the control probe's first repeat; x1.25 per repeat, up to:
-PROBE_MAX_S = 0.5
-
-T = TypeVar("T")
-
-
-class _InlineExecutor(ThreadPoolExecutor):
-    """Runs each job in the calling thread. The default executor of a private event
-    loop in a thread of our own, used when every ThreadPoolExecutor refuses work
-    (after interpreter shutdown began, i.e. in atexit handlers)."""
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        job: Future[T] = Future()
-        try:
-            job.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to the awaiting coroutine
-            job.set_exception(exc)
-        return job
-
-
-def _run_in_own_thread(make: Callable[[], Awaitable[T]]) -> T:
-    """Run the coroutine *make()* on a private loop in a thread of our own and wait
-    (bounded) for it. Blocks the caller: only for the exit path, where it is wanted."""
-    outcome: list[Any] = []
-
-    async def main() -> T:
-        asyncio.get_running_loop().set_default_executor(_InlineExecutor(max_workers=1))
-        return await make()
-
-    def target() -> None:
-        try:
-            outcome.append((True, asyncio.run(main())))
-        except BaseException as exc:  # re-raised in the caller
-            outcome.append((False, exc))
-
-    worker = threading.Thread(target=target, name="agentbox-provisioner-exit", daemon=True)
-    worker.start()
-    worker.join(ENGINE_THREAD_TIMEOUT_S)
-    if not outcome:
-        raise SandboxError(f"the container engine did not answer within "
-                           f"{ENGINE_THREAD_TIMEOUT_S:.0f}s")
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    result: T = value
-    return result
-
-
-async def _engine_call(make: Callable[[], Awaitable[T]]) -> T:
-    """``await make()``; when the default executor refuses the runtime's blocking call
-    (RuntimeError "cannot schedule new futures after interpreter shutdown": a front end
-    shuts its kernel down from atexit), the same call in a thread of our own."""
-    try:
-        return await make()
-    except RuntimeError:
-        return _run_in_own_thread(make)
 
 
 class AgentBoxProvisioner(KernelProvisionerBase):
@@ -227,7 +164,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
                  if isinstance(self.kernel_id, str) and self.kernel_id else None)
         return Box(self._runtime(), config, self.run_dir, name=self.session_id,
                    image=config.image or image_tag(),
-                   labels=box_labels(self.session_id, self.run_dir, extra), engine=_engine_call)
+                   labels=box_labels(self.session_id, self.run_dir, extra), engine=engine_call)
 
     def _manager(self) -> KernelManager:
         km = self.parent
@@ -385,52 +322,17 @@ class AgentBoxProvisioner(KernelProvisionerBase):
                                on_deadline=late, on_exit=gone)
 
     async def _wait_for_control(self, deadline: float) -> None:
-        """Until the kernel answers ``kernel_info_request`` on its control channel.
-
-        ipykernel 6.31 has a start-up race on its control lock: a control request that
-        arrives just after the sockets are bound can go unanswered (measured here: most
-        first requests on a loaded machine; requests sent meanwhile are lost too). The
-        request is repeated every 50 ms, backing off to 0.5 s for a kernel that is just
-        slow, and an answer to any of them counts; the front end's requests come after.
-        """
         assert self.run_dir is not None
         km = self._manager()
         key = km.session.key
-        session = Session(key=key if isinstance(key, bytes) else str(key).encode(),
-                          signature_scheme=km.session.signature_scheme)
-        limits = zmtp.Limits(max_frames=MAX_FRAMES, max_bytes=PROBE_MAX_BYTES,
-                             budget=PROBE_MAX_BYTES, max_header_bytes=MAX_HEADER_BYTES)
-        path = self.run_dir / f"{SOCKET_PREFIX}-{PORTS['control_port']}"
-        try:
-            conn = await zmtp.Connection.open(path, "DEALER", limits,
-                                              container_peer(self.container_id))
-        except OSError as exc:
-            raise SessionStartError(f"cannot connect to the kernel's control socket: {exc}",
-                                    session_id=self.session_id) from exc
-        interval = PROBE_FIRST_S
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise SessionStartError("the sandboxed kernel did not answer on its control "
-                                            "channel before the start deadline "
-                                            "(start_timeout_s)", session_id=self.session_id)
-                try:
-                    conn.send(session.serialize(session.msg("kernel_info_request", {})))
-                    async with asyncio.timeout(min(remaining, interval)):
-                        await conn.recv()  # any answer: the control lock works now
-                    return
-                except TimeoutError:  # (an OSError: caught before the next clause)
-                    interval = min(interval * 1.25, PROBE_MAX_S)
-                    if await self.poll() is not None:
-                        raise SessionStartError("the sandboxed kernel exited while starting",
-                                                session_id=self.session_id) from None
-                except OSError as exc:  # ZmtpError: the kernel or a cap ended the connection
-                    raise SessionStartError(f"the kernel's control connection failed while "
-                                            f"starting: {exc}",
-                                            session_id=self.session_id) from exc
-        finally:
-            conn.close()
+
+        async def exited() -> bool:
+            return await self.poll() is not None
+
+        await probe_control(self.run_dir / f"{SOCKET_PREFIX}-{PORTS['control_port']}",
+                            key if isinstance(key, bytes) else str(key).encode(),
+                            km.session.signature_scheme, self.container_id, deadline,
+                            exited=exited, session_id=self.session_id)
 
     # -- process-like interface ----------------------------------------------------------
     async def poll(self) -> int | None:
@@ -562,7 +464,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self._stopping = True
         self.log.debug("kernel %s: removing its container at interpreter exit", self.kernel_id)
         try:
-            _run_in_own_thread(self._teardown)
+            run_in_own_thread(self._teardown)
         except Exception as exc:  # at exit: say it; `agentbox gc` is the backstop
             self.log.warning("kernel %s: sandbox not removed at exit (%s); `agentbox gc` "
                              "removes it", self.kernel_id, exc)
