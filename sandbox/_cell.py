@@ -28,7 +28,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from sandbox._exceptions import SandboxError
+from sandbox._config import SandboxConfig
+from sandbox._exceptions import ConfigError, SandboxError
 from sandbox._models import ExecutionResult, KernelDeath, TimeoutInfo
 from sandbox._outputs import Event, OutputAssembler
 from sandbox._wire import MAX_FRAMES
@@ -82,6 +83,18 @@ def drop_note(event: dict[str, Any], max_message_bytes: int) -> str:
             else "a kernel message was dropped unread")
 
 
+def check_cell(code: object, timeout: object, default_s: float) -> float:
+    """The time limit of a cell of *code* (ConfigError for what cannot be run)."""
+    if not isinstance(code, str):
+        raise ConfigError("code must be a string")
+    if "\0" in code:
+        raise ConfigError("code contains a NUL byte, which Python source cannot hold")
+    limit = default_s if timeout is None else timeout
+    if not isinstance(limit, int | float) or limit <= 0:
+        raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(limit)
+
+
 def _kind(msg: dict[str, Any]) -> object:
     header = msg.get("header") if isinstance(msg, dict) else None
     return header.get("msg_type") if isinstance(header, dict) else None
@@ -106,6 +119,16 @@ class CellRun:
         self.iopub_cut = False  # the host dropped a kernel message of this cell (a cap)
         self.deadline = time.monotonic() + limits.limit_s
         self.idle_deadline: float | None = None
+
+    @classmethod
+    def configured(cls, messages: Messages, box: Controls, limit_s: float,
+                   config: SandboxConfig, notes: list[str] | None = None) -> CellRun:
+        """A run with *config*'s grace and caps."""
+        assembler = OutputAssembler(config.max_output_bytes, max_outputs=config.max_outputs,
+                                    max_live_events=config.max_live_events,
+                                    max_live_bytes=config.max_live_bytes)
+        limits = CellLimits(limit_s, config.interrupt_grace_s, config.max_message_bytes)
+        return cls(messages, box, limits, assembler, notes)
 
     @property
     def abandoned(self) -> bool:

@@ -12,12 +12,9 @@ Executions run one at a time: a second ``execute`` on the same session waits
 for its turn (first come, first served); pass ``wait=False`` to get
 :class:`SessionBusyError` at once instead.
 
-A cell over its time limit is ended in escalating steps, and the result says
-which one did it (:class:`TimeoutInfo`): SIGINT to the kernel; after
-``interrupt_grace_s``, kill every process in the container and start a fresh
-kernel (variables lost, files kept); if the container's init does not answer,
-replace the container (files lost too). The container and its init are a
-:class:`~sandbox._box.Box`; one execution is a :class:`~sandbox._cell.CellRun`.
+The container and its init are a :class:`~sandbox._box.Box`, the kernel in it a
+:class:`~sandbox._slot.KernelSlot`; one execution is a :class:`~sandbox._cell.CellRun`
+(its deadline, and the interrupt → restart → replace ladder over its time limit).
 """
 
 from __future__ import annotations
@@ -35,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from sandbox._box import Box, box_labels
-from sandbox._cell import IOPUB_GRACE_S, CellLimits, CellRun, abandon
+from sandbox._cell import IOPUB_GRACE_S, CellRun, abandon, check_cell
 from sandbox._config import SandboxConfig, default_base_dir
 from sandbox._exceptions import (
-    ConfigError,
     EngineUnavailableError,
     ImageError,
     SandboxError,
@@ -51,7 +47,7 @@ from sandbox._files import FileOps
 from sandbox._init_client import InitClient
 from sandbox._kernel import KernelConnection
 from sandbox._models import ExecutionResult, KernelDeath, SessionInfo
-from sandbox._outputs import Event, OutputAssembler
+from sandbox._outputs import Event
 from sandbox._rundir import remove_run_dir
 from sandbox._runtime.base import Runtime
 from sandbox._session_files import SessionFiles
@@ -327,19 +323,13 @@ class AsyncSession(SessionFiles):
     ) -> AsyncGenerator[Event | ExecutionResult, None]:
         """Run *code*, yielding each output the moment the kernel publishes it, then the
         :class:`ExecutionResult`. Closing the iterator early interrupts the cell."""
-        if not isinstance(code, str):
-            raise ConfigError("code must be a string")
-        if "\0" in code:
-            raise ConfigError("code contains a NUL byte, which Python source cannot hold")
-        limit = self.config.execution_timeout_s if timeout is None else timeout
-        if not isinstance(limit, int | float) or limit <= 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        limit = check_cell(code, timeout, self.config.execution_timeout_s)
         self._check_open()
         if not wait and self._exec_lock.locked():
             raise SessionBusyError(self.id)
         async with self._exec_lock:
             self._check_open()
-            run = self._run(code, float(limit))
+            run = self._run(code, limit)
             try:
                 async for item in run:
                     yield item
@@ -369,13 +359,7 @@ class AsyncSession(SessionFiles):
         self.executions += 1
         msg_id, queue = kernel.execute(code)
         self._active_msg = msg_id
-        run = CellRun(queue, _CellBox(self, kernel),
-                      CellLimits(limit, self.config.interrupt_grace_s,
-                                 self.config.max_message_bytes),
-                      OutputAssembler(self.config.max_output_bytes,
-                                      max_outputs=self.config.max_outputs,
-                                      max_live_events=self.config.max_live_events,
-                                      max_live_bytes=self.config.max_live_bytes), notes)
+        run = CellRun.configured(queue, _CellBox(self, kernel), limit, self.config, notes)
         try:
             async with contextlib.aclosing(run.events()) as events:
                 async for event in events:
