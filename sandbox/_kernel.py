@@ -1,14 +1,11 @@
-"""Talking to one container: its init (start/kill/watch kernels) and its kernel (ZMQ).
+"""Talking to one container's kernel over ZMQ (and, re-exported here for the import
+paths callers use, its init and its run-dir files).
 
 Two channels, both through the session's run directory (bind-mounted at
 ``/run/kernel``), neither on any network interface:
 
-- :class:`InitClient`: JSON requests to ``agentbox-init`` over ``init.sock``;
-  the death watch is a request that is answered when the kernel exits. The
-  sandbox can replace ``init.sock`` with a server of its own, so every answer
-  must carry an HMAC over the request's nonce made with the container's init
-  key (``init.key``, read and deleted by init before any sandboxed code runs);
-  an answer without it is treated as no answer at all.
+- :class:`InitClient` (``sandbox._init_client``): JSON requests to ``agentbox-init``
+  over ``init.sock``, every answer signed with the container's init key.
 - :class:`KernelConnection`: the kernel's shell (DEALER) and IOPub (SUB) sockets
   ``k<generation>-<n>``, spoken with ``sandbox._zmtp`` (capped per frame count and
   bytes per message before anything is kept), signed and parsed with
@@ -25,18 +22,10 @@ the run directory is followed as a link (a socket's peer must be in the containe
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
-import os
-import secrets
-import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,328 +33,35 @@ from jupyter_client.session import Session
 
 from sandbox import _parse as parse
 from sandbox import _zmtp as zmtp
-from sandbox._exceptions import DeadlineExceeded, SandboxError
-from sandbox._runtime.base import CONTAINER_RUN_DIR
+from sandbox._endpoint import (
+    INIT_KEY_FILE,
+    INIT_SOCKET,
+    PORTS,
+    KernelEndpoint,
+    RunDirError,
+    clear_run_dir,
+    container_peer,
+    wait_for_sockets,
+    write_connection_file,
+    write_endpoint,
+    write_init_key,
+)
+from sandbox._exceptions import DeadlineExceeded, SandboxError, SessionStartError
+from sandbox._init_client import MAX_INIT_REPLY, InitClient, InitUnavailable, init_mac
+from sandbox._route import ROUTE_BUDGET, Route, message_size
+from sandbox._wire import (
+    MAX_FRAMES,
+    MAX_HEADER_BYTES,
+    assemble,
+    deserialize,
+    deserialize_async,
+    split,
+)
 
-INIT_SOCKET = "init.sock"
-INIT_KEY_FILE = "init.key"
-MAX_INIT_REPLY = 64 * 1024
 log = logging.getLogger("sandbox.kernel")
-PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
-
-
-class InitUnavailable(SandboxError):
-    """agentbox-init did not answer (container gone, or the sandbox broke it)."""
-
-
-class RunDirError(SandboxError):
-    """The host could not write what it needs into the run dir (the box tampered with it)."""
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """Remove everything in the run dir (before a replacement container), links and
-    directories the box planted included, never following a link."""
-    for child in run_dir.iterdir():
-        try:
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-        except OSError as exc:
-            raise RunDirError(f"cannot clear {child.name} from the run directory: {exc}"
-                              ) from exc
-
-
-@dataclass(frozen=True)
-class KernelEndpoint:
-    """One kernel generation's connection: fresh HMAC key, fresh socket names."""
-
-    generation: int
-    connection_file: str  # name inside the run dir, e.g. "kernel-3.json"
-    host_info: dict[str, Any]  # for jupyter_client on the host (host socket paths)
-
-    def socket_paths(self, run_dir: Path) -> list[Path]:
-        return [run_dir / f"k{self.generation}-{port}" for port in PORTS.values()]
-
-
-def _write_for_kernel(path: Path, text: str, uid: int, gid: int, mode: int) -> None:
-    """Write a file the kernel (uid:gid) can read, into a run dir it can write.
-
-    The sandbox may have planted a symlink, a FIFO or a directory under this name:
-    whatever is there is removed (unlink never follows links; a directory tree goes with
-    ``shutil.rmtree``, which does not follow links either, and the run dir's tmpfs bounds
-    its size), a new regular file is created exclusively and without blocking, and the
-    open file is chowned, never a path. Failing that, :class:`RunDirError`: the session
-    replaces the box rather than answer with a crash.
-    """
-    try:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            shutil.rmtree(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                     | os.O_NONBLOCK, mode)
-        with os.fdopen(fd, "w") as fh:
-            if os.geteuid() == 0:
-                os.fchown(fh.fileno(), uid, gid)
-            fh.write(text)
-    except OSError as exc:
-        raise RunDirError(f"cannot write {path.name} in the session's run directory "
-                          f"({exc.strerror or exc}); the sandbox tampered with it") from exc
-
-
-def write_connection_file(path: Path, info: dict[str, Any], uid: int, gid: int) -> None:
-    """A kernel's connection file, written safely (:func:`_write_for_kernel`)."""
-    _write_for_kernel(path, json.dumps(info), uid, gid, 0o600)
-
-
-def write_init_key(run_dir: Path, uid: int, gid: int) -> bytes:
-    """A fresh key for the next container's init, written where it reads it at boot."""
-    key = secrets.token_bytes(32)
-    _write_for_kernel(run_dir / INIT_KEY_FILE, key.hex(), uid, gid, 0o400)
-    return key
-
-
-def init_mac(key: bytes, nonce: str, reply: dict[str, Any]) -> str:
-    """The proof an answer comes from init (kernel_image/init.py computes the same)."""
-    body = json.dumps(reply, sort_keys=True, separators=(",", ":"))
-    return hmac.new(key, f"{nonce}\n{body}".encode(), hashlib.sha256).hexdigest()
-
-
-def write_endpoint(run_dir: Path, generation: int, uid: int, gid: int) -> KernelEndpoint:
-    """Write ``kernel-<g>.json`` for the kernel (container paths, 256-bit key)."""
-    key = secrets.token_hex(32)
-    info: dict[str, Any] = {
-        "transport": "ipc",
-        "ip": f"{CONTAINER_RUN_DIR}/k{generation}",
-        "key": key,
-        "signature_scheme": "hmac-sha256",
-        "kernel_name": "agentbox",
-        **PORTS,
-    }
-    # A name the box cannot guess, so it cannot plant anything there beforehand.
-    name = f"kernel-{generation}-{secrets.token_hex(4)}.json"
-    write_connection_file(run_dir / name, info, uid, gid)
-    return KernelEndpoint(generation, name, {**info, "ip": str(run_dir / f"k{generation}")})
-
-
-class InitClient:
-    """Requests to agentbox-init. Called by the session for start, kill, signal, watch."""
-
-    def __init__(self, run_dir: Path, key: bytes | None = None,
-                 container_id: str | None = None) -> None:
-        self.path = run_dir / INIT_SOCKET
-        self.key = key  # the current container's (write_init_key); set before it starts
-        # Set once the engine named the container: the peer on init.sock must be in it.
-        self.container_id = container_id
-
-    async def request(self, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._exchange(payload)
-        except TimeoutError as exc:
-            raise InitUnavailable(
-                f"agentbox-init did not answer {payload.get('op')!r} within {timeout:.1f}s"
-            ) from exc
-
-    async def _exchange(self, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            # Never through a link the box planted in place of init.sock (the host would
-            # talk to a host socket of the box's choosing), and only to a peer that lives
-            # in this container.
-            sock = zmtp.open_unix(self.path, container_peer(self.container_id))
-            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_INIT_REPLY)
-        except OSError as exc:
-            raise InitUnavailable(f"cannot reach agentbox-init: {exc}") from exc
-        nonce = secrets.token_hex(16)
-        try:
-            writer.write(json.dumps({**payload, "nonce": nonce}).encode() + b"\n")
-            await writer.drain()
-            line = await reader.readline()
-        except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
-            raise InitUnavailable(f"agentbox-init connection failed: {exc}") from exc
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-        if not line:
-            raise InitUnavailable("agentbox-init closed the connection without answering")
-        try:
-            reply = json.loads(line)
-        except ValueError as exc:
-            raise InitUnavailable("agentbox-init answered with invalid JSON") from exc
-        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-            raise InitUnavailable("agentbox-init answered with an unexpected shape")
-        mac = reply.pop("mac", None)
-        if (self.key is None or not isinstance(mac, str)
-                or not hmac.compare_digest(mac, init_mac(self.key, nonce, reply))):
-            raise InitUnavailable("the answer on init.sock is not signed with this container's "
-                                  "init key: it is not agentbox-init (replaced by the sandbox?)")
-        return reply
-
-    async def wait_exit(self, generation: int) -> dict[str, Any] | None:
-        """Block until kernel *generation* exits; its exit info, or None if init went away."""
-        try:
-            reply = await self._exchange({"op": "wait", "generation": generation})
-        except InitUnavailable:
-            return None
-        exit_info = reply.get("exit")
-        return exit_info if reply.get("ok") and isinstance(exit_info, dict) else None
-
-    async def wait_ready(self, deadline: float) -> None:
-        while True:
-            if os.path.lexists(self.path):  # noqa: ASYNC240 - a stat on a tmpfs
-                try:
-                    await self.request({"op": "ping"}, timeout=max(0.1, deadline - time.monotonic()))
-                    return
-                except InitUnavailable:
-                    pass
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded("agentbox-init did not come up before the start deadline")
-            await asyncio.sleep(0.01)
-
-
-MAX_FRAMES = 256  # topic, delimiter, signature, 4 JSON parts and the buffers
-MAX_HEADER_BYTES = 64 * 1024  # header, parent header and metadata, each
-ROUTE_BUDGET = 8 << 20  # bytes of parsed messages waiting for one execution's reader
 CHANNEL_BUDGET = 1 << 20  # bytes of unparsed messages waiting in one socket's reader
 RECONNECT_TRIES = 20
 PARSING_NOTICE_S = 0.25  # how often a long parse tells the execution IOPub is working
-
-
-def deserialize(session: Session, frames: list[bytes],
-                max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
-    """A kernel message from its ZMQ frames: ``Session.deserialize`` without the two
-    things the host never uses and pays for on every message, and with a cap on the
-    parts that are not output.
-
-    - ``header.date`` and ``parent_header.date`` parsed with dateutil
-      (``jsonutil.extract_dates``): a seventh of the host's CPU per cell; they stay
-      ISO strings here, and nothing reads them.
-    - the history of seen signatures, kept to refuse a replayed message: the box holds
-      its kernel's key and can sign what it likes, so a replay proves nothing a forgery
-      would not, and the history grows to 65,536 digests per session.
-    - header, parent header and metadata over *max_header_bytes* are refused before
-      they are parsed (a stream of messages with huge headers is a memory attack).
-
-    Raises ValueError for an unsigned, wrongly signed, oversized or malformed message.
-    """
-    parts = split(session, frames, max_header_bytes)
-    if session.auth is not None and not hmac.compare_digest(
-            parts[0], session.sign(parts[1:5])):
-        raise ValueError("invalid signature")
-    return assemble([session.unpack(p) for p in parts[1:5]], parts)
-
-
-def split(session: Session, frames: list[bytes],
-          max_header_bytes: int = MAX_HEADER_BYTES) -> list[bytes]:
-    """The frames after the delimiter (signature, header, parent, metadata, content,
-    buffers), with the caps that need no parsing checked."""
-    _, found = session.feed_identities(frames)
-    parts = cast(list[bytes], found)
-    if len(parts) < 5:
-        raise ValueError(f"malformed message: {len(parts)} frames")
-    for name, part in zip(("header", "parent header", "metadata"), parts[1:4], strict=True):
-        if len(part) > max_header_bytes:
-            raise ValueError(f"oversized message: a {name} of {len(part)} bytes "
-                             f"(cap {max_header_bytes})")
-    return parts
-
-
-def assemble(values: list[Any], parts: list[bytes]) -> dict[str, Any]:
-    header, parent, metadata, content = values
-    if not isinstance(header, dict) or not isinstance(parent, dict):
-        raise ValueError("malformed message: header or parent header is not an object")
-    return {"header": header, "msg_id": header.get("msg_id"),
-            "msg_type": header.get("msg_type"), "parent_header": parent,
-            "metadata": metadata, "content": content,
-            "buffers": [memoryview(b) for b in parts[5:]]}
-
-
-async def deserialize_async(session: Session, frames: list[bytes], size: int) -> dict[str, Any]:
-    """:func:`deserialize`, with a message over ``INLINE_BYTES`` verified and parsed in a
-    worker process (``sandbox._parse``): the event loop never spends more than a few
-    milliseconds on one message, whatever the box sends."""
-    if size <= parse.INLINE_BYTES:
-        return deserialize(session, frames)
-    parts = split(session, frames)
-    key = session.key if session.auth is not None else b""
-    values = await parse.parse(key, parts[:5])
-    return assemble(values, parts)
-
-
-def message_size(msg: dict[str, Any]) -> int:
-    return cast(int, msg.get("_size", 0))
-
-
-class Route:
-    """One request's messages in arrival order (replies from shell, outputs from IOPub,
-    events the session posts). The pump waits while more than *budget* bytes are
-    unread, so a reader that falls behind slows the kernel down instead of growing the
-    host: the kernel's IOPub socket then drops on its own side."""
-
-    def __init__(self, budget: int = ROUTE_BUDGET) -> None:
-        self.budget = budget
-        self.size = 0
-        self.closed = False
-        self._items: collections.deque[tuple[str, dict[str, Any], int]] = collections.deque()
-        self._readable = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-
-    def put_nowait(self, item: tuple[str, dict[str, Any]], size: int = 0) -> None:
-        if self.closed:
-            return
-        self._items.append((*item, size))
-        self.size += size
-        self._readable.set()
-        if self.size > self.budget:
-            self._room.clear()
-
-    async def put(self, item: tuple[str, dict[str, Any]], size: int) -> None:
-        """Called by the pumps: waits for room (one item is always admitted)."""
-        while self.size > 0 and self.size + size > self.budget and not self.closed:
-            self._room.clear()
-            await self._room.wait()
-        self.put_nowait(item, size)
-
-    async def get(self) -> tuple[str, dict[str, Any]]:
-        while not self._items:
-            self._readable.clear()
-            await self._readable.wait()
-        channel, msg, size = self._items.popleft()
-        self.size -= size
-        if self.size <= self.budget:
-            self._room.set()
-        return channel, msg
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def close(self) -> None:
-        self.closed = True
-        self._items.clear()
-        self.size = 0
-        self._room.set()
-
-
-def container_peer(container_id: str | None) -> Callable[[int, int, int], str | None]:
-    """A peer check for :func:`sandbox._zmtp.open_unix`: the process that answered on a
-    run-dir socket must live in the session's container (its cgroup names the container),
-    so a name the box swapped for a link to a host socket is refused."""
-    def check(pid: int, uid: int, gid: int) -> str | None:
-        if not container_id:
-            return None  # not started yet: nothing to compare with
-        try:
-            cgroups = Path(f"/proc/{pid}/cgroup").read_text()
-        except OSError:
-            return f"pid {pid} cannot be looked up"
-        if container_id not in cgroups:
-            return f"pid {pid} (uid {uid}) is not in container {container_id[:12]}"
-        return None
-    return check
 
 
 class KernelConnection:
@@ -415,17 +111,11 @@ class KernelConnection:
         is known dead, so a kernel that crashes at start fails fast.
         """
         self._run_dir = run_dir
-        paths = self.endpoint.socket_paths(run_dir)
-        next_check = time.monotonic() + 0.5
-        while not all(p.exists() for p in paths):
-            now = time.monotonic()
-            if now >= deadline:
-                raise DeadlineExceeded("the kernel did not bind its sockets before the deadline")
-            if alive is not None and now >= next_check:
-                next_check = now + 0.5
-                if not await alive():
-                    raise SandboxError("the kernel exited while starting")
-            await asyncio.sleep(0.005)
+
+        async def exited() -> bool:
+            return alive is not None and not await alive()
+
+        await wait_for_sockets(self.endpoint.socket_paths(run_dir), deadline, exited=exited)
         for channel in ("shell", "iopub"):
             await self._open(channel)
             self._pumps[channel] = asyncio.create_task(self._pump(channel))
@@ -639,3 +329,62 @@ class KernelConnection:
         for conn in self._channels.values():
             conn.close()
         self._channels = {}
+
+
+PROBE_MAX_BYTES = 1 << 20  # one kernel_info reply (untrusted: from the box) at most
+PROBE_FIRST_S = 0.05  # the control probe's first repeat; x1.25 per repeat, up to:
+PROBE_MAX_S = 0.5
+
+
+async def probe_control(path: Path, key: bytes, signature_scheme: str, container_id: str | None,
+                        deadline: float, *, exited: Callable[[], Awaitable[bool]],
+                        session_id: str | None = None) -> None:
+    """Until the kernel answers ``kernel_info_request`` on its control socket *path*.
+
+    ipykernel 6.31 has a start-up race on its control lock: a control request that
+    arrives just after the sockets are bound can go unanswered (measured here: most
+    first requests on a loaded machine; requests sent meanwhile are lost too). The
+    request is repeated every 50 ms, backing off to 0.5 s for a kernel that is just
+    slow, and an answer to any of them counts. SessionStartError when the deadline
+    passes, *exited* says the kernel is gone, or the connection fails.
+    """
+    session = Session(key=key, signature_scheme=signature_scheme)
+    limits = zmtp.Limits(max_frames=MAX_FRAMES, max_bytes=PROBE_MAX_BYTES,
+                         budget=PROBE_MAX_BYTES, max_header_bytes=MAX_HEADER_BYTES)
+    try:
+        conn = await zmtp.Connection.open(path, "DEALER", limits, container_peer(container_id))
+    except OSError as exc:
+        raise SessionStartError(f"cannot connect to the kernel's control socket: {exc}",
+                                session_id=session_id) from exc
+    interval = PROBE_FIRST_S
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SessionStartError("the sandboxed kernel did not answer on its control "
+                                        "channel before the start deadline (start_timeout_s)",
+                                        session_id=session_id)
+            try:
+                conn.send(session.serialize(session.msg("kernel_info_request", {})))
+                async with asyncio.timeout(min(remaining, interval)):
+                    await conn.recv()  # any answer: the control lock works now
+                return
+            except TimeoutError:  # (an OSError: caught before the next clause)
+                interval = min(interval * 1.25, PROBE_MAX_S)
+                if await exited():
+                    raise SessionStartError("the sandboxed kernel exited while starting",
+                                            session_id=session_id) from None
+            except OSError as exc:  # ZmtpError: the kernel or a cap ended the connection
+                raise SessionStartError(f"the kernel's control connection failed while "
+                                        f"starting: {exc}", session_id=session_id) from exc
+    finally:
+        conn.close()
+
+
+__all__ = [
+    "CHANNEL_BUDGET", "INIT_KEY_FILE", "INIT_SOCKET", "MAX_FRAMES", "MAX_HEADER_BYTES",
+    "MAX_INIT_REPLY", "PORTS", "ROUTE_BUDGET", "InitClient", "InitUnavailable",
+    "KernelConnection", "KernelEndpoint", "Route", "RunDirError", "assemble",
+    "clear_run_dir", "container_peer", "deserialize", "deserialize_async", "init_mac",
+    "message_size", "probe_control", "split", "write_connection_file", "write_endpoint", "write_init_key",
+]

@@ -14,7 +14,7 @@ import queue
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -145,37 +145,8 @@ class Session:
         room: list[tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = []
 
         async def pump() -> None:
-            slots = asyncio.Semaphore(STREAM_BACKLOG)
-            room.append((asyncio.get_running_loop(), slots))
-            missed = 0
-            try:
-                stream = self._async.stream(code, timeout=timeout, wait=wait)
-                async with contextlib.aclosing(stream) as running:
-                    async for event in running:
-                        if isinstance(event, ExecutionResult):
-                            if missed:
-                                event.notes.append(
-                                    f"{missed} live event(s) were not delivered: the reader "
-                                    f"took none for {STREAM_STALL_S:g}s; the outputs above "
-                                    "are complete")
-                            events.put(event)
-                            break
-                        if missed:
-                            missed += 1
-                            continue
-                        try:
-                            async with asyncio.timeout(STREAM_STALL_S):
-                                await slots.acquire()
-                        except TimeoutError:
-                            missed += 1
-                            continue
-                        events.put(event)
-                        if stop.is_set():
-                            break
-            except BaseException as exc:
-                events.put(exc)
-            finally:
-                events.put(_END)
+            await self._pump(self._async.stream(code, timeout=timeout, wait=wait),
+                             events, stop, room)
 
         future = self._portal.start_task_soon(pump)
         try:
@@ -194,6 +165,43 @@ class Session:
                 loop, slots = room[0]
                 loop.call_soon_threadsafe(slots.release)  # a pump waiting for room sees stop
             future.result()
+
+    @staticmethod
+    async def _pump(stream: AsyncGenerator[Event | ExecutionResult, None],
+                    events: queue.Queue[Any], stop: threading.Event,
+                    room: list[tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]]) -> None:
+        """On the portal's loop: *stream*'s items into *events*, at most STREAM_BACKLOG
+        ahead of the reader (see :meth:`stream`), then ``_END``."""
+        slots = asyncio.Semaphore(STREAM_BACKLOG)
+        room.append((asyncio.get_running_loop(), slots))
+        missed = 0
+        try:
+            async with contextlib.aclosing(stream) as running:
+                async for event in running:
+                    if isinstance(event, ExecutionResult):
+                        if missed:
+                            event.notes.append(
+                                f"{missed} live event(s) were not delivered: the reader "
+                                f"took none for {STREAM_STALL_S:g}s; the outputs above "
+                                "are complete")
+                        events.put(event)
+                        break
+                    if missed:
+                        missed += 1
+                        continue
+                    try:
+                        async with asyncio.timeout(STREAM_STALL_S):
+                            await slots.acquire()
+                    except TimeoutError:
+                        missed += 1
+                        continue
+                    events.put(event)
+                    if stop.is_set():
+                        break
+        except BaseException as exc:
+            events.put(exc)
+        finally:
+            events.put(_END)
 
     def interrupt(self) -> None:
         self._portal.call(self._async.interrupt)

@@ -71,47 +71,30 @@ import json
 import os
 import secrets
 import signal
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from jupyter_client.session import Session
 from traitlets import Dict, Float, Integer, Unicode
 
-from sandbox import _zmtp as zmtp
+from sandbox._box import INIT_SIGNALS, Box, box_labels, death_from_state
 from sandbox._config import SandboxConfig, default_base_dir, make_config
-from sandbox._exceptions import SandboxError, SessionStartError
-from sandbox._kernel import (
-    MAX_FRAMES,
-    MAX_HEADER_BYTES,
+from sandbox._endpoint import (
     PORTS,
-    InitClient,
-    InitUnavailable,
-    container_peer,
+    connection_info,
+    wait_for_sockets,
     write_connection_file,
-    write_init_key,
 )
+from sandbox._exceptions import SandboxError, SessionStartError
+from sandbox._exit_call import engine_call, run_in_own_thread
+from sandbox._kernel import probe_control
 from sandbox._models import KernelDeath
 from sandbox._rundir import make_run_dir, remove_run_dir
-from sandbox._runtime.base import (
-    CONTAINER_RUN_DIR,
-    LABEL_APP,
-    LABEL_HOST,
-    LABEL_OWNER_PID,
-    LABEL_RUN_DIR,
-    LABEL_SESSION,
-    ContainerSpec,
-    Runtime,
-)
-from sandbox._session import death_from_exit
+from sandbox._runtime.base import Runtime
 from sandbox._uids import UidLease, for_session
 
 PROVISIONER_NAME = "agentbox-provisioner"
@@ -121,67 +104,7 @@ LABEL_KERNEL_ID = "org.agentbox.kernel-id"
 
 CONNECTION_FILE = "kernel.json"  # the container-side connection file, in the run dir
 SOCKET_PREFIX = "k1"  # sockets are <run dir>/k1-1 .. k1-5 (/run/kernel/k1-N inside)
-INIT_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGQUIT})
 PING_TIMEOUT_S = 2.0
-KILL_TIMEOUT_S = 5.0  # init's kill waits up to 3 s for stubborn processes
-ENGINE_THREAD_TIMEOUT_S = 60.0  # an engine call made from a thread of our own (at exit)
-PROBE_MAX_BYTES = 1 << 20  # one kernel_info reply (untrusted: from the box) at most
-PROBE_FIRST_S = 0.05  # the control probe's first repeat; x1.25 per repeat, up to:
-PROBE_MAX_S = 0.5
-
-T = TypeVar("T")
-
-
-class _InlineExecutor(ThreadPoolExecutor):
-    """Runs each job in the calling thread. The default executor of a private event
-    loop in a thread of our own, used when every ThreadPoolExecutor refuses work
-    (after interpreter shutdown began, i.e. in atexit handlers)."""
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        job: Future[T] = Future()
-        try:
-            job.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to the awaiting coroutine
-            job.set_exception(exc)
-        return job
-
-
-def _run_in_own_thread(make: Callable[[], Awaitable[T]]) -> T:
-    """Run the coroutine *make()* on a private loop in a thread of our own and wait
-    (bounded) for it. Blocks the caller: only for the exit path, where it is wanted."""
-    outcome: list[Any] = []
-
-    async def main() -> T:
-        asyncio.get_running_loop().set_default_executor(_InlineExecutor(max_workers=1))
-        return await make()
-
-    def target() -> None:
-        try:
-            outcome.append((True, asyncio.run(main())))
-        except BaseException as exc:  # re-raised in the caller
-            outcome.append((False, exc))
-
-    worker = threading.Thread(target=target, name="agentbox-provisioner-exit", daemon=True)
-    worker.start()
-    worker.join(ENGINE_THREAD_TIMEOUT_S)
-    if not outcome:
-        raise SandboxError(f"the container engine did not answer within "
-                           f"{ENGINE_THREAD_TIMEOUT_S:.0f}s")
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    result: T = value
-    return result
-
-
-async def _engine_call(make: Callable[[], Awaitable[T]]) -> T:
-    """``await make()``; when the default executor refuses the runtime's blocking call
-    (RuntimeError "cannot schedule new futures after interpreter shutdown": a front end
-    shuts its kernel down from atexit), the same call in a thread of our own."""
-    try:
-        return await make()
-    except RuntimeError:
-        return _run_in_own_thread(make)
 
 
 class AgentBoxProvisioner(KernelProvisionerBase):
@@ -204,13 +127,10 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self.runtime: Runtime | None = None  # default: the process-wide Docker runtime
         self.session_id: str | None = None
         self.run_dir: Path | None = None
-        self.container_id: str | None = None
+        self._box: Box | None = None  # the container and its init; with the run dir
         self._config: SandboxConfig | None = None
         self._uid_lease: UidLease | None = None
-        self._containers = 0  # containers started for this run dir (names them)
-        self._generation = 0  # agentbox-init's count of kernels started in the container
         self._exit_code: int | None = None
-        self._init_key: bytes | None = None  # the current container's (write_init_key)
         self._stopping = False  # we asked the kernel to end: its exit is no death to report
 
     # -- state ------------------------------------------------------------------------
@@ -219,6 +139,15 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         """True while a container for this kernel exists."""
         return self.container_id is not None
 
+    @property
+    def container_id(self) -> str | None:
+        return self._box.container_id if self._box is not None else None
+
+    @property
+    def _generation(self) -> int:
+        """agentbox-init's count of kernels started in the container."""
+        return self._box.init_generation if self._box is not None else 0
+
     def _runtime(self) -> Runtime:
         if self.runtime is None:
             from sandbox._runtime.docker import default_runtime
@@ -226,10 +155,16 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             self.runtime = default_runtime()
         return self.runtime
 
-    def _init(self) -> InitClient:
-        if self.run_dir is None:
-            raise SandboxError("the kernel has no run directory (not launched)")
-        return InitClient(self.run_dir, self._init_key)
+    def _make_box(self, config: SandboxConfig) -> Box:
+        """The box of this kernel's run dir (one per run dir, kept across restarts)."""
+        from sandbox._image import image_tag
+
+        assert self.run_dir is not None and self.session_id is not None
+        extra = ({LABEL_KERNEL_ID: self.kernel_id}
+                 if isinstance(self.kernel_id, str) and self.kernel_id else None)
+        return Box(self._runtime(), config, self.run_dir, name=self.session_id,
+                   image=config.image or image_tag(),
+                   labels=box_labels(self.session_id, self.run_dir, extra), engine=engine_call)
 
     def _manager(self) -> KernelManager:
         km = self.parent
@@ -281,9 +216,12 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         if fresh:
             self.session_id = f"s-{secrets.token_hex(6)}"
             self.run_dir = default_base_dir() / self.session_id
-            self._containers = 0
             make_run_dir(self.run_dir, config.uid, config.gid)
         assert self.run_dir is not None
+        if self._box is None:
+            self._box = self._make_box(config)
+        else:  # a restart: the next container (if one is needed) takes the new settings
+            self._box.config = config
         try:
             if fresh:
                 # A new run dir: new socket paths and a fresh 256-bit key. (On a restart
@@ -313,14 +251,9 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         """``kernel.json`` as the kernel sees it: same key and ports, container paths."""
         assert self.run_dir is not None
         key = km.session.key
-        info = {
-            "transport": "ipc",
-            "ip": f"{CONTAINER_RUN_DIR}/{SOCKET_PREFIX}",
-            "key": key.decode() if isinstance(key, bytes) else str(key),
-            "signature_scheme": km.session.signature_scheme,
-            "kernel_name": km.kernel_name or KERNEL_NAME,
-            **PORTS,
-        }
+        info = connection_info(SOCKET_PREFIX, key.decode() if isinstance(key, bytes) else str(key),
+                               signature_scheme=km.session.signature_scheme,
+                               kernel_name=km.kernel_name or KERNEL_NAME)
         write_connection_file(self.run_dir / CONNECTION_FILE, info, config.uid, config.gid)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -334,7 +267,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self._stopping = False
         try:
             if not await self._start_in_place():
-                await self._start_container(config)
+                await self._start_container()
             await self._wait_for_sockets(deadline)
             await self._wait_for_control(deadline)
         except BaseException:
@@ -347,129 +280,71 @@ class AgentBoxProvisioner(KernelProvisionerBase):
     async def _start_in_place(self) -> bool:
         """Kill every process in the existing container, start a fresh kernel there.
         False when there is no container or its init does not cooperate."""
-        if self.container_id is None:
+        box = self._box
+        if box is None or box.container_id is None:
             return False
-        init = self._init()
-        try:
-            killed = await init.request({"op": "kill"}, timeout=KILL_TIMEOUT_S)
-            if not killed.get("ok"):
-                return False
+
+        def prepare() -> str:
             self._remove_sockets()
-            started = await init.request({"op": "start", "connection_file": CONNECTION_FILE},
-                                         timeout=PING_TIMEOUT_S)
-        except InitUnavailable as exc:
+            return CONNECTION_FILE
+
+        try:
+            await box.restart_kernel(prepare)
+        except SandboxError as exc:
             self.log.warning("kernel %s: restart in place failed (%s); starting a new "
                              "container", self.kernel_id, exc)
             return False
-        generation = started.get("generation")
-        if not started.get("ok") or not isinstance(generation, int):
-            self.log.warning("kernel %s: agentbox-init refused to start a kernel (%s); "
-                             "starting a new container", self.kernel_id, started.get("error"))
-            return False
-        self._generation = generation
         return True
 
-    async def _start_container(self, config: SandboxConfig) -> None:
-        assert self.run_dir is not None and self.session_id is not None
+    async def _start_container(self) -> None:
+        assert self._box is not None
         await self._remove_container()
         self._remove_sockets()
-        with contextlib.suppress(OSError):
-            (self.run_dir / "init.sock").unlink()
-        self._init_key = write_init_key(self.run_dir, config.uid, config.gid)
-        from sandbox._image import image_tag
-
-        self._containers += 1
-        labels = {LABEL_APP: "agentbox", LABEL_SESSION: self.session_id,
-                  LABEL_RUN_DIR: str(self.run_dir), LABEL_OWNER_PID: str(os.getpid()),
-                  LABEL_HOST: socket.gethostname()}
-        if isinstance(self.kernel_id, str) and self.kernel_id:
-            labels[LABEL_KERNEL_ID] = self.kernel_id
-        spec = ContainerSpec(
-            name=f"agentbox-{self.session_id}-{self._containers}",
-            image=config.image or image_tag(), config=config, run_dir=self.run_dir,
-            env={**config.env, "AGENTBOX_AUTOSTART": CONNECTION_FILE}, labels=labels,
-        )
-        self.container_id = await self._runtime().start(spec)
-        self._generation = 1
+        await self._box.launch(CONNECTION_FILE)
         # The container must not outlive its owner even when the front end never calls
         # cleanup (jupyter console only sends shutdown_request before it exits).
         atexit.register(self._teardown_at_exit)
 
     async def _wait_for_sockets(self, deadline: float) -> None:
-        paths = self._socket_paths()
-        next_check = time.monotonic() + 0.25
-        while not all(p.exists() for p in paths):
-            now = time.monotonic()
-            if now >= deadline:
-                raise SessionStartError("the sandboxed kernel did not bind its sockets before "
-                                        "the start deadline (start_timeout_s)",
-                                        session_id=self.session_id)
-            if now >= next_check:
-                next_check = now + 0.25
-                if await self.poll() is not None:
-                    raise SessionStartError("the sandboxed kernel exited while starting",
-                                            session_id=self.session_id)
-            await asyncio.sleep(0.01)
+        async def exited() -> bool:
+            return await self.poll() is not None
+
+        def late() -> Exception:
+            return SessionStartError("the sandboxed kernel did not bind its sockets before "
+                                     "the start deadline (start_timeout_s)",
+                                     session_id=self.session_id)
+
+        def gone() -> Exception:
+            return SessionStartError("the sandboxed kernel exited while starting",
+                                     session_id=self.session_id)
+
+        await wait_for_sockets(self._socket_paths(), deadline, exited=exited, check_every=0.25,
+                               on_deadline=late, on_exit=gone)
 
     async def _wait_for_control(self, deadline: float) -> None:
-        """Until the kernel answers ``kernel_info_request`` on its control channel.
-
-        ipykernel 6.31 has a start-up race on its control lock: a control request that
-        arrives just after the sockets are bound can go unanswered (measured here: most
-        first requests on a loaded machine; requests sent meanwhile are lost too). The
-        request is repeated every 50 ms, backing off to 0.5 s for a kernel that is just
-        slow, and an answer to any of them counts; the front end's requests come after.
-        """
         assert self.run_dir is not None
         km = self._manager()
         key = km.session.key
-        session = Session(key=key if isinstance(key, bytes) else str(key).encode(),
-                          signature_scheme=km.session.signature_scheme)
-        limits = zmtp.Limits(max_frames=MAX_FRAMES, max_bytes=PROBE_MAX_BYTES,
-                             budget=PROBE_MAX_BYTES, max_header_bytes=MAX_HEADER_BYTES)
-        path = self.run_dir / f"{SOCKET_PREFIX}-{PORTS['control_port']}"
-        try:
-            conn = await zmtp.Connection.open(path, "DEALER", limits,
-                                              container_peer(self.container_id))
-        except OSError as exc:
-            raise SessionStartError(f"cannot connect to the kernel's control socket: {exc}",
-                                    session_id=self.session_id) from exc
-        interval = PROBE_FIRST_S
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise SessionStartError("the sandboxed kernel did not answer on its control "
-                                            "channel before the start deadline "
-                                            "(start_timeout_s)", session_id=self.session_id)
-                try:
-                    conn.send(session.serialize(session.msg("kernel_info_request", {})))
-                    async with asyncio.timeout(min(remaining, interval)):
-                        await conn.recv()  # any answer: the control lock works now
-                    return
-                except TimeoutError:  # (an OSError: caught before the next clause)
-                    interval = min(interval * 1.25, PROBE_MAX_S)
-                    if await self.poll() is not None:
-                        raise SessionStartError("the sandboxed kernel exited while starting",
-                                                session_id=self.session_id) from None
-                except OSError as exc:  # ZmtpError: the kernel or a cap ended the connection
-                    raise SessionStartError(f"the kernel's control connection failed while "
-                                            f"starting: {exc}",
-                                            session_id=self.session_id) from exc
-        finally:
-            conn.close()
+
+        async def exited() -> bool:
+            return await self.poll() is not None
+
+        await probe_control(self.run_dir / f"{SOCKET_PREFIX}-{PORTS['control_port']}",
+                            key if isinstance(key, bytes) else str(key).encode(),
+                            km.session.signature_scheme, self.container_id, deadline,
+                            exited=exited, session_id=self.session_id)
 
     # -- process-like interface ----------------------------------------------------------
     async def poll(self) -> int | None:
         """None while the kernel runs, else its exit code (negative: killed by a signal)."""
-        container = self.container_id
-        if container is None:
+        box = self._box
+        if box is None or box.container_id is None:
             return self._exit_code if self._exit_code is not None else 0
         try:
-            reply = await self._init().request({"op": "ping"}, timeout=PING_TIMEOUT_S)
-        except InitUnavailable:
+            reply = await box.init.request({"op": "ping"}, timeout=PING_TIMEOUT_S)
+        except SandboxError:  # InitUnavailable: ask the engine
             try:
-                state = await _engine_call(lambda: self._runtime().state(container))
+                state = await box.state()
             except SandboxError:
                 return None  # the engine hiccuped: not known to be dead
             if state.running:
@@ -477,16 +352,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             code = state.exit_code if state.exit_code is not None else -int(signal.SIGKILL)
             if self._exit_code is None:
                 self._exit_code = code
-                if not state.exists:
-                    reason = "the container was removed"
-                elif state.oom_killed:
-                    limit = self._config.memory_mb if self._config is not None else "?"
-                    reason = f"out of memory: the container was killed (limit {limit} MiB)"
-                else:
-                    reason = f"the container stopped (exit code {state.exit_code})"
-                self._report_death(KernelDeath(reason=reason, exit_code=state.exit_code,
-                                               oom_killed=state.oom_killed,
-                                               container_gone=True))
+                self._report_death(death_from_state(state, box.config.memory_mb))
             return code
         if reply.get("alive") is True:
             return None
@@ -495,18 +361,14 @@ class AgentBoxProvisioner(KernelProvisionerBase):
     async def _exit_status(self) -> int:
         if self._exit_code is None:
             code = 1
-            death = KernelDeath(reason="the kernel stopped (agentbox-init gave no exit report)")
-            with contextlib.suppress(InitUnavailable):
-                reply = await self._init().request(
-                    {"op": "wait", "generation": self._generation}, timeout=PING_TIMEOUT_S)
-                info = reply.get("exit")  # untrusted: from inside the box
-                if isinstance(info, dict):
-                    memory_mb = self._config.memory_mb if self._config is not None else 0
-                    death = death_from_exit(info, memory_mb)
-                    if death.exit_code is not None:
-                        code = death.exit_code
-                    elif death.signal is not None:
-                        code = -death.signal
+            death = await self._box.exit_report(PING_TIMEOUT_S) if self._box else None
+            if death is None:
+                death = KernelDeath(reason="the kernel stopped (agentbox-init gave no exit "
+                                           "report)")
+            elif death.exit_code is not None:
+                code = death.exit_code
+            elif death.signal is not None:
+                code = -death.signal
             self._exit_code = code
             self._report_death(death)
         return self._exit_code
@@ -528,19 +390,12 @@ class AgentBoxProvisioner(KernelProvisionerBase):
 
     async def send_signal(self, signum: int) -> None:
         """Signal the kernel's process group through init (``docker kill -s`` if it fails)."""
-        container = self.container_id
-        if container is None or signum == 0:
+        box = self._box
+        if box is None or box.container_id is None or signum == 0:
             return
-        if signum in INIT_SIGNALS:
-            try:
-                await self._init().request({"op": "signal", "signum": int(signum)},
-                                           timeout=PING_TIMEOUT_S)
-                return  # sent, or no kernel is running: nothing to signal
-            except InitUnavailable:
-                pass
-        # init forwards SIGINT to the kernel; SIGTERM makes it end the container.
-        with contextlib.suppress(SandboxError):
-            await self._runtime().signal(container, int(signum))
+        if signum in INIT_SIGNALS and await box.signal_kernel(signum) is not None:
+            return  # sent, or no kernel is running: nothing to signal
+        await box.signal_container(signum)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         self._stopping = True
@@ -552,26 +407,19 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         auto-restarter's call after a death) passes no restart flag, and the files must
         survive it. ``cleanup(restart=False)`` removes the container; so does this, when
         init does not answer (nothing else could end the processes)."""
-        if self.container_id is None:
+        if self._box is None or self._box.container_id is None:
             return
         self._stopping = True
-        with contextlib.suppress(InitUnavailable):
-            reply = await self._init().request({"op": "kill"}, timeout=KILL_TIMEOUT_S)
-            if reply.get("ok"):
-                return
-        await self._remove_container()
+        if not await self._box.kill_processes():
+            await self._remove_container()
 
     async def terminate(self, restart: bool = False) -> None:
         """SIGTERM to the kernel; the container is removed when init does not answer."""
-        if self.container_id is None:
+        if self._box is None or self._box.container_id is None:
             return
         self._stopping = True
-        try:
-            await self._init().request({"op": "signal", "signum": int(signal.SIGTERM)},
-                                       timeout=PING_TIMEOUT_S)
-        except InitUnavailable:
-            if not restart:
-                await self._remove_container()
+        if await self._box.signal_kernel(signal.SIGTERM) is None and not restart:
+            await self._remove_container()
 
     async def cleanup(self, restart: bool = False) -> None:
         """Restart: keep the container and run dir. Else remove both (idempotent)."""
@@ -582,14 +430,16 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         await self._teardown()
 
     async def _remove_container(self) -> None:
-        container, self.container_id = self.container_id, None
-        if container is None:
+        box = self._box
+        container = box.container_id if box is not None else None
+        if box is None or container is None:
             return
         if self._exit_code is None:
             self._exit_code = -int(signal.SIGKILL)
         try:
-            await asyncio.shield(_engine_call(lambda: self._runtime().remove(container)))
+            await box.remove()
         except SandboxError as exc:
+            box.container_id = None  # not ours to retry: `agentbox gc` does
             self.log.warning("kernel %s: container %s not removed (%s); `agentbox gc` will "
                              "remove it once this process is gone", self.kernel_id,
                              container[:12], exc)
@@ -602,6 +452,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         finally:
             self.run_dir = None
             self.session_id = None
+            self._box = None
             if run_dir is not None:
                 remove_run_dir(run_dir)
             self._release_uid()
@@ -613,7 +464,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self._stopping = True
         self.log.debug("kernel %s: removing its container at interpreter exit", self.kernel_id)
         try:
-            _run_in_own_thread(self._teardown)
+            run_in_own_thread(self._teardown)
         except Exception as exc:  # at exit: say it; `agentbox gc` is the backstop
             self.log.warning("kernel %s: sandbox not removed at exit (%s); `agentbox gc` "
                              "removes it", self.kernel_id, exc)
@@ -626,14 +477,16 @@ class AgentBoxProvisioner(KernelProvisionerBase):
     # -- persistence ----------------------------------------------------------------------
     async def get_provisioner_info(self) -> dict[str, Any]:
         info: dict[str, Any] = await super().get_provisioner_info()
+        box = self._box
+        key = box.init.key if box is not None else None
         info.update({
             "session_id": self.session_id,
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
             "container_id": self.container_id,
             "generation": self._generation,
-            "containers": self._containers,
+            "containers": box.containers if box is not None else 0,
             # Host-side only (the provisioner info is kept by the host, never the box).
-            "init_key": self._init_key.hex() if self._init_key is not None else None,
+            "init_key": key.hex() if key is not None else None,
             "sandbox_config": (self._config.model_dump(mode="json")
                                if self._config is not None else None),
         })
@@ -644,13 +497,18 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         run_dir = provisioner_info.get("run_dir")
         self.run_dir = Path(run_dir) if isinstance(run_dir, str) else None
         self.session_id = provisioner_info.get("session_id")
-        self.container_id = provisioner_info.get("container_id")
-        self._generation = int(provisioner_info.get("generation") or 0)
-        self._containers = int(provisioner_info.get("containers") or 0)
-        init_key = provisioner_info.get("init_key")
-        self._init_key = bytes.fromhex(init_key) if isinstance(init_key, str) else None
         config = provisioner_info.get("sandbox_config")
         self._config = make_config(config) if isinstance(config, dict) else None
+        self._box = None
+        if self.run_dir is None or self.session_id is None:
+            return
+        box = self._box = self._make_box(self._config or make_config({}))
+        container = provisioner_info.get("container_id")
+        box.container_id = box.init.container_id = container if isinstance(container, str) else None
+        box.init_generation = int(provisioner_info.get("generation") or 0)
+        box.containers = int(provisioner_info.get("containers") or 0)
+        init_key = provisioner_info.get("init_key")
+        box.init.key = bytes.fromhex(init_key) if isinstance(init_key, str) else None
 
     def get_stable_start_time(self, recommended: float = 10.0) -> float:
         if self._config is not None:
