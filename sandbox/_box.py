@@ -1,7 +1,7 @@
 """A box: one hardened container and its in-box init (``agentbox-init``, PID 1).
 
 What an :class:`~sandbox.AsyncSession` and the Jupyter provisioner
-(``sandbox/provisioner.py``) both need, written once: launch (spec, labels, a fresh
+(``sandbox/integrations/provisioner.py``) both need, written once: launch (spec, labels, a fresh
 init key), a kernel restart in place (init kills every process in the container and
 starts a fresh kernel; files kept), interrupt and signals (through init, the engine
 when init does not answer), death diagnosis (init's exit report, else the engine's

@@ -102,7 +102,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     import sys
 
-    from sandbox.provisioner import install_kernel_spec
+    from sandbox.integrations.kernelspec import install_kernel_spec
 
     config: dict[str, object] = {}
     if args.memory_mb is not None:

@@ -30,7 +30,8 @@ from sandbox._config import default_base_dir
 from sandbox._notebook import notebook_dict
 from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
 from sandbox.cli import main
-from sandbox.provisioner import LABEL_KERNEL_ID, AgentBoxProvisioner, install_kernel_spec
+from sandbox.integrations.kernelspec import install_kernel_spec
+from sandbox.integrations.provisioner import LABEL_KERNEL_ID, AgentBoxProvisioner
 
 pytestmark = pytest.mark.usefixtures("engine")
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import jupyter_kernel_test
 import pytest
 
-from sandbox.provisioner import KERNEL_NAME, install_kernel_spec
+from sandbox.integrations.kernelspec import KERNEL_NAME, install_kernel_spec
 
 pytestmark = pytest.mark.usefixtures("engine")
 

@@ -30,7 +30,7 @@ from sandbox._models import DATAFRAME_MIME
 from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID, LABEL_RUN_DIR, LABEL_SESSION
 from sandbox._uids import UID_BASE
 from sandbox.cli import main
-from sandbox.provisioner import LABEL_KERNEL_ID, AgentBoxProvisioner
+from sandbox.integrations.provisioner import LABEL_KERNEL_ID, AgentBoxProvisioner
 
 pytestmark = pytest.mark.usefixtures("engine")
 
