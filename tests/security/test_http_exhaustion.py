@@ -32,9 +32,9 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http import h11_impl
 
-from api import connections
-from api.main import GracefulServer, server_for
-from api.settings import Settings
+from api.server import connections
+from api.server.app import GracefulServer, server_for
+from api.server.settings import Settings
 from tests.api.conftest import KEY_A, KEY_B, free_port, make_settings
 from tests.security.conftest import own_rss
 

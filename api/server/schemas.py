@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from api.settings import Settings
+from api.server.settings import Settings
 from sandbox._config import _ENV_NAME, _RESERVED_ENV
 
 

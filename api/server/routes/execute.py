@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import Key, Service
-from api.routes.sessions import operation_id
-from api.schemas import (
+from api.server.deps import Key, Service
+from api.server.routes.sessions import operation_id
+from api.server.schemas import (
     ErrorResponse,
     ExecuteRequest,
     ExecuteResponse,

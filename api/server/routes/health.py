@@ -9,9 +9,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import Service
-from api.routes.sessions import operation_id
-from api.schemas import Health
+from api.server.deps import Service
+from api.server.routes.sessions import operation_id
+from api.server.schemas import Health
 
 router = APIRouter(tags=["health"], generate_unique_id_function=operation_id)
 

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.errors import ApiError
-from api.service import SandboxService
+from api.server.errors import ApiError
+from api.server.service import SandboxService
 
 LOCAL_KEY = "local"
 

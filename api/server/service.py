@@ -20,14 +20,14 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from api.errors import ApiError
-from api.export import ExportFailed, export_in_child, in_child_process
-from api.export import build as build_export
-from api.live import END, LiveFeed
-from api.metrics import Metrics
-from api.schemas import CreateSession, Limits, SessionOut
-from api.settings import Settings
-from api.store import HistoryStore
+from api.server.errors import ApiError
+from api.server.export import ExportFailed, export_in_child, in_child_process
+from api.server.export import build as build_export
+from api.server.live import END, LiveFeed
+from api.server.metrics import Metrics
+from api.server.schemas import CreateSession, Limits, SessionOut
+from api.server.settings import Settings
+from api.server.store import HistoryStore
 from sandbox import (
     AsyncSession,
     ConfigError,
@@ -426,7 +426,7 @@ class SandboxService:
 
     @staticmethod
     def _error_body(exc: Exception) -> dict[str, Any]:
-        from api.errors import to_response
+        from api.server.errors import to_response
 
         response = to_response(exc)
         body: dict[str, Any] = json.loads(bytes(response.body))

@@ -14,12 +14,12 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import connections, errors, schemas
-from api.deps import SCOPE_KEY, match_key
-from api.errors import ApiError
-from api.routes import execute, files, health, sessions
-from api.service import SandboxService
-from api.settings import Settings
+from api.server import connections, errors, schemas
+from api.server.deps import SCOPE_KEY, match_key
+from api.server.errors import ApiError
+from api.server.routes import execute, files, health, sessions
+from api.server.service import SandboxService
+from api.server.settings import Settings
 
 log = logging.getLogger("agentbox.api")
 
