@@ -6,7 +6,17 @@
 
 Sessions, the manager and pool, settings, results and errors are all here;
 everything else is internal.
+
+The leaf names (settings, results, outputs, errors) are imported with the package;
+the engine's (sessions, the manager, the image build), which bring docker, pyzmq and
+jupyter_client, on first use: ``from sandbox import ExecutionResult`` (what
+``api.client`` needs) costs none of them.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from sandbox._config import ManagerConfig, SandboxConfig, make_config
 from sandbox._exceptions import (
@@ -25,8 +35,7 @@ from sandbox._exceptions import (
     SessionStartError,
     UnsafePathError,
 )
-from sandbox._image import build_image, image_tag
-from sandbox._manager import SessionManager
+from sandbox._extras import MissingExtraError
 from sandbox._models import (
     DATAFRAME_MIME,
     DisplayOutput,
@@ -40,8 +49,37 @@ from sandbox._models import (
     TimeoutInfo,
 )
 from sandbox._outputs import ClearOutput, DisplayUpdate, Event
-from sandbox._session import AsyncSession, SessionState
-from sandbox._sync import Session
+
+if TYPE_CHECKING:
+    from sandbox._image import build_image, image_tag
+    from sandbox._manager import SessionManager, StartQueueFullError
+    from sandbox._session import AsyncSession, SessionState
+    from sandbox._sync import Session
+
+# Engine names: the module each is imported from when first asked for.
+_LAZY = {
+    "AsyncSession": "sandbox._session",
+    "SessionState": "sandbox._session",
+    "Session": "sandbox._sync",
+    "SessionManager": "sandbox._manager",
+    "StartQueueFullError": "sandbox._manager",
+    "build_image": "sandbox._image",
+    "image_tag": "sandbox._image",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "DATAFRAME_MIME",
@@ -62,6 +100,7 @@ __all__ = [
     "ImageError",
     "KernelDeath",
     "ManagerConfig",
+    "MissingExtraError",
     "Output",
     "SandboxConfig",
     "SandboxError",
@@ -74,6 +113,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionStartError",
     "SessionState",
+    "StartQueueFullError",
     "StreamOutput",
     "TimeoutInfo",
     "UnsafePathError",

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from api._sse import KEEPALIVE
 from api.server.errors import ApiError
 from api.server.export import ExportFailed, export_in_child, in_child_process
 from api.server.export import build as build_export
@@ -387,7 +388,7 @@ class SandboxService:
             while True:
                 item = await feed.next(self.settings.keepalive_s)
                 if item is None:
-                    yield ": keep-alive\n\n"
+                    yield KEEPALIVE
                 elif item is END:
                     break
                 else:
