@@ -451,7 +451,7 @@ class SandboxService:
 
     # -- history ---------------------------------------------------------------------
     async def notebook(self, key_id: str, session_id: str) -> bytes:
-        """The session's history as an .ipynb, built in a child process (api/export.py),
+        """The session's history as an .ipynb, built in a child process (api/server/export.py),
         a few at once (the rest wait for a turn): reading, converting and encoding a
         large history is seconds of CPU that would otherwise stall every session."""
         row = await self.store.get_session(session_id)

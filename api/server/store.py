@@ -415,7 +415,7 @@ EXPORT_CODE_PREFIX = 1000  # characters of code a cell past the export's budget 
 
 def export_rows(engine: Engine, session_id: str, max_chars: int
                 ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """For a notebook export (api/export.py): each execution's columns and code, with
+    """For a notebook export (api/server/export.py): each execution's columns and code, with
     its result, while what was read so far (code and result) stays within *max_chars*;
     after that, each cell comes with the start of its code and None for the result.
     Rows are read one at a time, so an export holds about *max_chars* of them, plus

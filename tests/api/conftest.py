@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.server.app import server_for
+from api.server.serve import server_for
 from api.server.settings import Settings
 
 KEY_A, KEY_B = "key-a-secret", "key-b-secret"
