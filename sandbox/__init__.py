@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sandbox._config import _ENV_NAME as ENV_NAME_PATTERN
+from sandbox._config import _RESERVED_ENV as RESERVED_ENV
 from sandbox._config import ManagerConfig, SandboxConfig, make_config
 from sandbox._exceptions import (
     CapacityError,
@@ -53,10 +55,13 @@ from sandbox._outputs import ClearOutput, DisplayUpdate, Event
 if TYPE_CHECKING:
     from sandbox._image import build_image, image_tag
     from sandbox._manager import SessionManager, StartQueueFullError
+    from sandbox._notebook import SKIPPED as NOTEBOOK_SKIPPED
+    from sandbox._notebook import notebook_chunks, notebook_dict
     from sandbox._session import AsyncSession, SessionState
     from sandbox._sync import Session
 
-# Engine names: the module each is imported from when first asked for.
+# Engine names (and nbformat's): the module each is imported from when first asked for,
+# and its name there when that differs.
 _LAZY = {
     "AsyncSession": "sandbox._session",
     "SessionState": "sandbox._session",
@@ -65,14 +70,18 @@ _LAZY = {
     "StartQueueFullError": "sandbox._manager",
     "build_image": "sandbox._image",
     "image_tag": "sandbox._image",
+    "notebook_dict": "sandbox._notebook",
+    "notebook_chunks": "sandbox._notebook",
+    "NOTEBOOK_SKIPPED": "sandbox._notebook:SKIPPED",
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attr = where.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
     globals()[name] = value  # the next look-up is a plain attribute
     return value
 
@@ -83,6 +92,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DATAFRAME_MIME",
+    "ENV_NAME_PATTERN",
+    "NOTEBOOK_SKIPPED",
+    "RESERVED_ENV",
     "AsyncSession",
     "CapacityError",
     "ClearOutput",
@@ -120,4 +132,6 @@ __all__ = [
     "build_image",
     "image_tag",
     "make_config",
+    "notebook_chunks",
+    "notebook_dict",
 ]

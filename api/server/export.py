@@ -41,8 +41,8 @@ def build(engine: Engine, session_id: str, meta: dict[str, Any], max_bytes: int,
           max_outputs: int) -> Iterator[bytes]:
     """The notebook of *session_id*, encoded piece by piece (see notebook_chunks)."""
     from api.server.store import EXPORT_CODE_PREFIX, export_rows
-    from sandbox._models import ExecutionResult
-    from sandbox._notebook import SKIPPED, notebook_chunks, notebook_dict
+    from sandbox import NOTEBOOK_SKIPPED as SKIPPED
+    from sandbox import ExecutionResult, notebook_chunks, notebook_dict
 
     skipped = (f"{SKIPPED}: the notebook reached its limit of {max_bytes} characters of "
                "stored code and results")

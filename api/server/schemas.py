@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from api.server.settings import Settings
-from sandbox._config import _ENV_NAME, _RESERVED_ENV
+from sandbox import ENV_NAME_PATTERN, RESERVED_ENV
 
 
 class Limits(BaseModel):
@@ -257,8 +257,8 @@ def env_schema() -> dict[str, Any]:
     """The environment rule of sandbox/_config.py: identifier names, none the sandbox
     sets itself, values without NUL."""
     return {"type": "object", "title": "Env",
-            "propertyNames": {"pattern": _ENV_NAME.pattern,
-                              "not": {"enum": sorted(_RESERVED_ENV)}},
+            "propertyNames": {"pattern": ENV_NAME_PATTERN.pattern,
+                              "not": {"enum": sorted(RESERVED_ENV)}},
             "additionalProperties": {"type": "string", "pattern": NO_NUL}}
 
 

@@ -20,7 +20,9 @@ router = APIRouter(tags=["health"], generate_unique_id_function=operation_id)
             responses={503: {"model": Health, "description": "Not ready: no engine, no "
                              "current image, or shutting down"}})
 async def healthz(service: Service) -> Any:
-    from sandbox._exceptions import SandboxError
+    from sandbox import SandboxError
+
+    # Private until the runtime has a health probe of its own (see the report of issue 12).
     from sandbox._image import image_status
     from sandbox._runtime.engine import connect
 
