@@ -15,15 +15,20 @@ Each request is described once (a :class:`_Call`) and sent by either transport.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
-import httpx
+from sandbox._extras import require
 
-from sandbox._models import ExecutionResult, FileInfo, Output, output_from_dict
+require("the HTTP client", "client", "httpx")
+
+import httpx  # noqa: E402
+
+from api import _sse  # noqa: E402
+from sandbox import ExecutionResult, FileInfo, Output  # noqa: E402
+from sandbox._models import output_from_dict  # noqa: E402
 
 T = TypeVar("T")
 StreamItem = Output | dict[str, Any] | ExecutionResult
@@ -152,41 +157,24 @@ def _check(response: httpx.Response, accept: tuple[int, ...] = ()) -> None:
         raise _error_of(response)
 
 
-# -- server-sent events -------------------------------------------------------------------
-class _SSE:
-    """Folds lines into stream items: ``event:``/``data:`` fields, a blank line ends an
-    event, lines starting with ':' are comments (keep-alives)."""
-
-    def __init__(self) -> None:
-        self.event = ""
-        self.data: list[str] = []
-
-    def feed(self, line: str) -> StreamItem | None:
-        if not line:
-            event, data = self.event or "message", "\n".join(self.data)
-            self.event, self.data = "", []
-            return _item(event, data) if data else None
-        if not line.startswith(":"):
-            name, _, value = line.partition(":")
-            if name == "event":
-                self.event = value.removeprefix(" ")
-            elif name == "data":
-                self.data.append(value.removeprefix(" "))
-        return None
-
-
-def _item(event: str, data: str) -> StreamItem | None:
+# -- server-sent events (framed and parsed in api/_sse.py) -------------------------------
+def _item(event: str, data: Any) -> StreamItem | None:
     if event == "output":
-        out: dict[str, Any] = json.loads(data)
-        if out.get("type") in ("stream", "display_data", "execute_result", "error"):
-            return output_from_dict(out)
+        if data.get("type") in ("stream", "display_data", "execute_result", "error"):
+            return output_from_dict(data)
+        out: dict[str, Any] = data
         return out  # clear_output, update_display_data
     if event == "result":
-        return ExecutionResult.from_dict(json.loads(data))
+        return ExecutionResult.from_dict(data)
     if event == "error":
-        err = json.loads(data).get("error", {})
+        err = data.get("error", {})
         raise ApiClientError(0, str(err.get("code", "stream_error")), str(err.get("message")))
     return None  # unknown event types are ignored, as SSE says
+
+
+def _feed(parser: _sse.Parser, line: str) -> StreamItem | None:
+    event = parser.feed(line)
+    return None if event is None else _item(*event)
 
 
 def _ended() -> ApiClientError:
@@ -194,9 +182,9 @@ def _ended() -> ApiClientError:
 
 
 def _items(lines: Iterable[str]) -> Iterator[StreamItem]:
-    parser = _SSE()
+    parser = _sse.Parser()
     for line in itertools.chain(lines, [""]):
-        if (item := parser.feed(line)) is not None:
+        if (item := _feed(parser, line)) is not None:
             yield item
             if isinstance(item, ExecutionResult):
                 return
@@ -399,9 +387,9 @@ class AsyncRemoteSession:
             if not response.is_success:
                 await response.aread()
                 raise _error_of(response)
-            parser = _SSE()
+            parser = _sse.Parser()
             async for line in _alines(response):
-                if (item := parser.feed(line)) is not None:
+                if (item := _feed(parser, line)) is not None:
                     yield item
                     if isinstance(item, ExecutionResult):
                         return

@@ -6,8 +6,20 @@
 
 Sessions, the manager and pool, settings, results and errors are all here;
 everything else is internal.
+
+The leaf names (settings, results, outputs, errors) are imported with the package;
+the engine's (sessions, the manager, the image build), which bring docker, pyzmq and
+jupyter_client, on first use: ``from sandbox import ExecutionResult`` (what
+``api.client`` needs) costs none of them.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sandbox._config import _ENV_NAME as ENV_NAME_PATTERN
+from sandbox._config import _RESERVED_ENV as RESERVED_ENV
 from sandbox._config import ManagerConfig, SandboxConfig, make_config
 from sandbox._exceptions import (
     CapacityError,
@@ -25,8 +37,7 @@ from sandbox._exceptions import (
     SessionStartError,
     UnsafePathError,
 )
-from sandbox._image import build_image, image_tag
-from sandbox._manager import SessionManager
+from sandbox._extras import MissingExtraError
 from sandbox._models import (
     DATAFRAME_MIME,
     DisplayOutput,
@@ -40,11 +51,50 @@ from sandbox._models import (
     TimeoutInfo,
 )
 from sandbox._outputs import ClearOutput, DisplayUpdate, Event
-from sandbox._session import AsyncSession, SessionState
-from sandbox._sync import Session
+
+if TYPE_CHECKING:
+    from sandbox._image import build_image, image_tag
+    from sandbox._manager import SessionManager, StartQueueFullError
+    from sandbox._notebook import SKIPPED as NOTEBOOK_SKIPPED
+    from sandbox._notebook import notebook_chunks, notebook_dict
+    from sandbox._session import AsyncSession, SessionState
+    from sandbox._sync import Session
+
+# Engine names (and nbformat's): the module each is imported from when first asked for,
+# and its name there when that differs.
+_LAZY = {
+    "AsyncSession": "sandbox._session",
+    "SessionState": "sandbox._session",
+    "Session": "sandbox._sync",
+    "SessionManager": "sandbox._manager",
+    "StartQueueFullError": "sandbox._manager",
+    "build_image": "sandbox._image",
+    "image_tag": "sandbox._image",
+    "notebook_dict": "sandbox._notebook",
+    "notebook_chunks": "sandbox._notebook",
+    "NOTEBOOK_SKIPPED": "sandbox._notebook:SKIPPED",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    module, _, attr = where.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "DATAFRAME_MIME",
+    "ENV_NAME_PATTERN",
+    "NOTEBOOK_SKIPPED",
+    "RESERVED_ENV",
     "AsyncSession",
     "CapacityError",
     "ClearOutput",
@@ -62,6 +112,7 @@ __all__ = [
     "ImageError",
     "KernelDeath",
     "ManagerConfig",
+    "MissingExtraError",
     "Output",
     "SandboxConfig",
     "SandboxError",
@@ -74,10 +125,13 @@ __all__ = [
     "SessionNotFoundError",
     "SessionStartError",
     "SessionState",
+    "StartQueueFullError",
     "StreamOutput",
     "TimeoutInfo",
     "UnsafePathError",
     "build_image",
     "image_tag",
     "make_config",
+    "notebook_chunks",
+    "notebook_dict",
 ]

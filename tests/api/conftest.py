@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.main import server_for
-from api.settings import Settings
+from api.server.serve import server_for
+from api.server.settings import Settings
 
 KEY_A, KEY_B = "key-a-secret", "key-b-secret"
 

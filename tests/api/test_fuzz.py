@@ -40,8 +40,8 @@ import pytest
 import schemathesis
 from hypothesis import strategies as st
 
-from api.main import create_app
-from api.settings import Settings
+from api.server.app import create_app
+from api.server.settings import Settings
 from sandbox import UnsafePathError
 from sandbox._files import check_path
 from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID, LABEL_SESSION

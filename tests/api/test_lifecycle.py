@@ -14,7 +14,7 @@ import httpx
 import nbformat
 import pytest
 
-from api.settings import Settings
+from api.server.settings import Settings
 from sandbox._config import default_base_dir
 from sandbox._manager import sweep_orphans
 from sandbox._runtime.docker import default_runtime

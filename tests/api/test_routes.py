@@ -171,7 +171,7 @@ def test_logs_are_structured_and_never_hold_code_output_or_keys(
         client_a: httpx.Client, session_a: str, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from api.main import JsonLines
+    from api.server.middleware import JsonLines
     from tests.api.conftest import KEY_A
 
     route = "/v1/sessions/{session_id}/execute"

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from api.store import HistoryStore
+from api.server.store import HistoryStore
 from sandbox import DisplayOutput, ExecutionResult, StreamOutput
 from sandbox._models import ErrorOutput, TimeoutInfo
 from tests.api.conftest import KEY_A, KEY_B, make_settings, run_server

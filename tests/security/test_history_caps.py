@@ -21,8 +21,8 @@ import nbformat
 import pytest
 from sqlalchemy import Text, cast, func, select
 
-from api.settings import Settings
-from api.store import STUB_MAX, HistoryStore, executions, history_usage, sessions
+from api.server.settings import Settings
+from api.server.store import STUB_MAX, HistoryStore, executions, history_usage, sessions
 from tests.api.conftest import KEY_A, KEY_B, make_settings, run_server
 from tests.security.test_sse_backpressure import Victim
 

@@ -1,6 +1,6 @@
 """Issue 11, class 6: a client with no key must not be able to exhaust the server.
 
-Every attack runs against a real server (uvicorn with api/connections.py's guard, real
+Every attack runs against a real server (uvicorn with api/server/connections.py's guard, real
 sockets) with small limits, while another key's requests must keep their p99 under
 250 ms. The HTTP layer does not depend on the box runtime, so these run once (no runc /
 runsc parameter). Two tests run `agentbox serve` in a subprocess under a lowered
@@ -32,9 +32,9 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http import h11_impl
 
-from api import connections
-from api.main import GracefulServer, server_for
-from api.settings import Settings
+from api.server import _compat, connections
+from api.server.serve import GracefulServer, server_for
+from api.server.settings import Settings
 from tests.api.conftest import KEY_A, KEY_B, free_port, make_settings
 from tests.security.conftest import own_rss
 
@@ -542,10 +542,12 @@ def test_an_exhausted_accept_loop_is_logged_as_a_rate(engine: object, tmp_path: 
 
 
 def test_uvicorn_internals_the_guard_relies_on(tmp_path: Path) -> None:
-    """api/connections.py subclasses uvicorn's H11Protocol and reads some of its state;
-    if uvicorn renames or drops any of it, this fails before the guard silently stops."""
+    """api/server/connections.py subclasses uvicorn's H11Protocol and reads some of its
+    state, through api/server/_compat.py; if uvicorn renames or drops any of it, this fails
+    before the guard silently stops."""
     base = h11_impl.H11Protocol
     assert issubclass(connections.GuardedH11Protocol, base)
+    assert _compat.H11Protocol is base and _compat.RequestResponseCycle is h11_impl.RequestResponseCycle
     for name in ("connection_made", "data_received", "connection_lost", "on_response_complete",
                  "pause_writing", "resume_writing", "_unsupported_upgrade_warning"):
         assert name in vars(base), f"H11Protocol.{name} is gone"
@@ -562,8 +564,12 @@ def test_uvicorn_internals_the_guard_relies_on(tmp_path: Path) -> None:
     import asyncio.selector_events as selector_events
 
     accept = inspect.getsource(selector_events.BaseSelectorEventLoop._accept_connection)
-    assert repr(connections.ACCEPT_OUT_OF_RESOURCES) in accept or \
-        f"'{connections.ACCEPT_OUT_OF_RESOURCES}'" in accept
+    assert repr(_compat.ACCEPT_OUT_OF_RESOURCES) in accept or \
+        f"'{_compat.ACCEPT_OUT_OF_RESOURCES}'" in accept
+
+    # GracefulServer forgets the signals uvicorn would re-raise after its shutdown.
+    assert "self._captured_signals.append(sig)" in inspect.getsource(uvicorn.Server.handle_exit)
+    assert "self._captured_signals" in inspect.getsource(uvicorn.Server.capture_signals)
 
     # The server `agentbox serve` runs is built by server_for, with the guard in it.
     settings = make_settings(tmp_path)

@@ -14,8 +14,8 @@ import nbformat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.export import build
-from api.store import STUB_MAX, HistoryStore, fit_execution, stub_execution
+from api.server.export import build
+from api.server.store import STUB_MAX, HistoryStore, fit_execution, stub_execution
 from sandbox._models import DisplayOutput, ErrorOutput, ExecutionResult, StreamOutput
 from sandbox._notebook import SKIPPED, notebook_chunks, notebook_dict
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from api.live import END, LiveFeed
+from api.server.live import END, LiveFeed
 
 
 async def drain(feed: LiveFeed) -> list[tuple[str, object]]:

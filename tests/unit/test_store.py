@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from api.store import HistoryStore
+from api.server.store import HistoryStore
 
 
 async def test_history_is_ordered_durable_and_purged_after_retention(tmp_path: Path) -> None:

@@ -14,17 +14,13 @@ how much was missed. Memory per client is the bound plus one frame.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from typing import Any
 
+from api._sse import frame
 from sandbox._outputs import human_bytes
 
 END = "\0end"  # what next() returns once the final frame has been taken
-
-
-def frame(event: str, data: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
 class LiveFeed:

@@ -23,9 +23,9 @@ from sandbox import (
     SessionLostError,
     SessionNotFoundError,
     SessionStartError,
+    StartQueueFullError,
     UnsafePathError,
 )
-from sandbox._manager import StartQueueFullError
 
 
 class ApiError(Exception):

@@ -57,14 +57,14 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024,
                                    description="JSON bodies; uploads have their own limit.")
     notebook_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
-    # What the history keeps (characters of code + result JSON, api/store.py): per
+    # What the history keeps (characters of code + result JSON, api/server/store.py): per
     # execution, and per key in all (past it, executions are stored as stubs of at most
     # 8 KiB: status, the code's start, notes). Cuts are said in the result's notes.
     history_max_execution_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
     history_max_bytes_per_key: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
     # A notebook export reads at most this much stored code and results and holds at most
     # this many outputs (later cells keep the start of their code, lose their outputs, and
-    # say so); it is built in a child process (api/export.py), this many at once (more
+    # say so); it is built in a child process (api/server/export.py), this many at once (more
     # wait for a turn), within notebook_export_timeout_s (then 503).
     notebook_max_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
     notebook_max_outputs: int = Field(200_000, ge=100)
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     keepalive_s: float = Field(15.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
 
-    # Client connections (api/connections.py): what a client can hold before it has
+    # Client connections (api/server/connections.py): what a client can hold before it has
     # shown a key. Idle keep-alive connections close after uvicorn's 5 s.
     max_connections: int = Field(1024, ge=1, description="Open HTTP connections in total; "
                                  "lowered at start to fit RLIMIT_NOFILE minus fd_reserve.")

@@ -20,14 +20,15 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from api.errors import ApiError
-from api.export import ExportFailed, export_in_child, in_child_process
-from api.export import build as build_export
-from api.live import END, LiveFeed
-from api.metrics import Metrics
-from api.schemas import CreateSession, Limits, SessionOut
-from api.settings import Settings
-from api.store import HistoryStore
+from api._sse import KEEPALIVE
+from api.server.errors import ApiError
+from api.server.export import ExportFailed, export_in_child, in_child_process
+from api.server.export import build as build_export
+from api.server.live import END, LiveFeed
+from api.server.metrics import Metrics
+from api.server.schemas import CreateSession, Limits, SessionOut
+from api.server.settings import Settings
+from api.server.store import HistoryStore
 from sandbox import (
     AsyncSession,
     ConfigError,
@@ -387,7 +388,7 @@ class SandboxService:
             while True:
                 item = await feed.next(self.settings.keepalive_s)
                 if item is None:
-                    yield ": keep-alive\n\n"
+                    yield KEEPALIVE
                 elif item is END:
                     break
                 else:
@@ -426,7 +427,7 @@ class SandboxService:
 
     @staticmethod
     def _error_body(exc: Exception) -> dict[str, Any]:
-        from api.errors import to_response
+        from api.server.errors import to_response
 
         response = to_response(exc)
         body: dict[str, Any] = json.loads(bytes(response.body))
@@ -450,7 +451,7 @@ class SandboxService:
 
     # -- history ---------------------------------------------------------------------
     async def notebook(self, key_id: str, session_id: str) -> bytes:
-        """The session's history as an .ipynb, built in a child process (api/export.py),
+        """The session's history as an .ipynb, built in a child process (api/server/export.py),
         a few at once (the rest wait for a turn): reading, converting and encoding a
         large history is seconds of CPU that would otherwise stall every session."""
         row = await self.store.get_session(session_id)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import Key, Service
-from api.routes.sessions import operation_id
-from api.schemas import (
+from api.server.deps import Key, Service
+from api.server.routes.sessions import operation_id
+from api.server.schemas import (
     ErrorResponse,
     ExecuteRequest,
     ExecuteResponse,
     OneShotRequest,
     error_responses,
+    wire_result,
 )
 
 router = APIRouter(tags=["execute"], generate_unique_id_function=operation_id,
@@ -37,7 +38,9 @@ async def execute(service: Service, key: Key, session_id: str, body: ExecuteRequ
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
-    return await service.execute(key, session_id, body.code, body.timeout_s)
+    # Answered as built (ExecuteResponse documents it): no validation pass on the hot path.
+    return JSONResponse(wire_result(await service.execute(key, session_id, body.code,
+                                                          body.timeout_s)))
 
 
 @router.post("/v1/execute", response_model=ExecuteResponse,
@@ -48,4 +51,5 @@ async def execute(service: Service, key: Key, session_id: str, body: ExecuteRequ
                               "are starting, or the start failed; Retry-After"}})
 async def one_shot(service: Service, key: Key, body: OneShotRequest) -> Any:
     """A fresh sandbox runs the code and is torn down."""
-    return await service.one_shot(key, body.code, body.timeout_s, body.limits, body.env)
+    return JSONResponse(wire_result(await service.one_shot(key, body.code, body.timeout_s,
+                                                           body.limits, body.env)))

@@ -36,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     cast,
     create_engine,
     delete,
@@ -112,6 +113,17 @@ def _row_chars(code: str, text: str) -> int:
 def _stored_chars() -> Any:
     """The SQL for a row's size, the way _row_chars counts it."""
     return func.length(executions.c.code) + func.length(cast(executions.c.result, Text))
+
+
+# The statements of the execution write, built once: it runs before every execute is
+# answered, and building a statement (and its cache key) costs more than running it.
+_KEY_OF = select(sessions.c.key_id).where(sessions.c.id == bindparam("b_session"))
+_USAGE = select(history_usage.c.chars).where(history_usage.c.key_id == bindparam("b_key"))
+_ADD_USAGE = (update(history_usage).where(history_usage.c.key_id == bindparam("b_key"))
+              .values(chars=history_usage.c.chars + bindparam("b_size")))
+_NEXT_SEQ = (select(func.coalesce(func.max(executions.c.seq), 0))
+             .where(executions.c.session_id == bindparam("b_session")))
+_INSERT_EXECUTION = insert(executions)
 
 
 def _note(result: dict[str, Any], note: str) -> None:
@@ -256,13 +268,12 @@ class HistoryStore:
                 with self.engine.begin() as conn:
                     row_code, row, notes = self._within_key_quota(
                         conn, session_id, code, result, text)
-                    seq = conn.execute(
-                        select(func.coalesce(func.max(executions.c.seq), 0))
-                        .where(executions.c.session_id == session_id)).scalar_one() + 1
-                    conn.execute(insert(executions).values(
-                        session_id=session_id, seq=seq, code=row_code, status=row["status"],
-                        execution_count=row.get("execution_count"), result=row,
-                        started_at=started_at, duration_ms=row.get("duration_ms", 0.0)))
+                    seq = conn.execute(_NEXT_SEQ, {"b_session": session_id}).scalar_one() + 1
+                    conn.execute(_INSERT_EXECUTION, {
+                        "session_id": session_id, "seq": seq, "code": row_code,
+                        "status": row["status"], "execution_count": row.get("execution_count"),
+                        "result": row, "started_at": started_at,
+                        "duration_ms": row.get("duration_ms", 0.0)})
                     if said is not None:
                         said.extend(cut + notes)
                     return int(seq)
@@ -274,8 +285,7 @@ class HistoryStore:
                           text: str) -> tuple[str, dict[str, Any], list[str]]:
         """The row itself if the key's history has room for it, else a stub; the key's
         count goes up by what is written."""
-        key_id = conn.execute(select(sessions.c.key_id)
-                              .where(sessions.c.id == session_id)).scalar()
+        key_id = conn.execute(_KEY_OF, {"b_session": session_id}).scalar()
         if key_id is None:  # a session this store never saw: nobody to count against
             return code, result, []
         used = self._key_usage(conn, key_id)
@@ -289,14 +299,12 @@ class HistoryStore:
             code, result, text = stub_execution(code, result, note)
             size = _row_chars(code, text)
             notes.append(note)
-        conn.execute(update(history_usage).where(history_usage.c.key_id == key_id)
-                     .values(chars=history_usage.c.chars + size))
+        conn.execute(_ADD_USAGE, {"b_key": key_id, "b_size": size})
         return code, result, notes
 
     @staticmethod
     def _key_usage(conn: Any, key_id: str) -> int:
-        used = conn.execute(select(history_usage.c.chars)
-                            .where(history_usage.c.key_id == key_id)).scalar()
+        used = conn.execute(_USAGE, {"b_key": key_id}).scalar()
         if used is not None:
             return int(used)
         counted = conn.execute(
@@ -415,7 +423,7 @@ EXPORT_CODE_PREFIX = 1000  # characters of code a cell past the export's budget 
 
 def export_rows(engine: Engine, session_id: str, max_chars: int
                 ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """For a notebook export (api/export.py): each execution's columns and code, with
+    """For a notebook export (api/server/export.py): each execution's columns and code, with
     its result, while what was read so far (code and result) stays within *max_chars*;
     after that, each cell comes with the start of its code and None for the result.
     Rows are read one at a time, so an export holds about *max_chars* of them, plus

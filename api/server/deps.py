@@ -9,13 +9,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.errors import ApiError
-from api.service import SandboxService
+from api.server.errors import ApiError
+from api.server.service import SandboxService
 
 LOCAL_KEY = "local"
 
 
-def get_service(request: Request) -> SandboxService:
+async def get_service(request: Request) -> SandboxService:
+    # async, as every dependency here: FastAPI runs a sync one in a worker thread, two
+    # thread hops per request on the hot path.
     service: SandboxService = request.app.state.service
     return service
 
@@ -50,12 +52,12 @@ def match_key(authorization: bytes, keys: dict[str, str]) -> str:
     return found
 
 
-# api/main.py's AuthGate checks the key before any body is read and leaves the key id in
+# api/server/middleware.py's AuthGate checks the key before any body is read and leaves the key id in
 # the ASGI scope under this name; get_key reuses it instead of checking twice.
 SCOPE_KEY = "agentbox.key_id"
 
 
-def get_key(request: Request, service: Annotated[SandboxService, Depends(get_service)],
+async def get_key(request: Request, service: Annotated[SandboxService, Depends(get_service)],
             _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
             ) -> str:
     """The caller's key id. Without configured keys (loopback only) everyone is 'local'."""

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import Key, Service
-from api.errors import ApiError
-from api.routes.sessions import operation_id
-from api.schemas import FileList, FileOut, error_responses
+from api.server.deps import Key, Service
+from api.server.errors import ApiError
+from api.server.routes.sessions import operation_id
+from api.server.schemas import FileList, FileOut, error_responses
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"],
                    generate_unique_id_function=operation_id,

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.routing import APIRoute
 
-from api.deps import Key, Service
-from api.schemas import (
+from api.server.deps import Key, Service
+from api.server.schemas import (
     CreateSession,
     ErrorResponse,
     Notebook,

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import Service
-from api.routes.sessions import operation_id
-from api.schemas import Health
+from api.server.deps import Service
+from api.server.routes.sessions import operation_id
+from api.server.schemas import Health
 
 router = APIRouter(tags=["health"], generate_unique_id_function=operation_id)
 
@@ -20,7 +20,9 @@ router = APIRouter(tags=["health"], generate_unique_id_function=operation_id)
             responses={503: {"model": Health, "description": "Not ready: no engine, no "
                              "current image, or shutting down"}})
 async def healthz(service: Service) -> Any:
-    from sandbox._exceptions import SandboxError
+    from sandbox import SandboxError
+
+    # Private until the runtime has a health probe of its own (see the report of issue 12).
     from sandbox._image import image_status
     from sandbox._runtime.engine import connect
 

@@ -19,19 +19,7 @@ Cuts and refusals are said: a 408/503 to the client when it can still be told, a
 rate-limited warning (``RateLimitedLog``) in the log, so an attack costs a bounded number
 of log lines.
 
-uvicorn internals relied on (``uvicorn.protocols.http.h11_impl.H11Protocol``, checked by
-tests/security/test_http_exhaustion.py::test_uvicorn_internals_the_guard_relies_on):
-``Config(http=<class>)`` builds one protocol per connection as
-``cls(config=, server_state=, app_state=, _loop=)``; the asyncio callbacks
-``connection_made`` / ``data_received`` / ``connection_lost`` / ``pause_writing`` /
-``resume_writing``; ``on_response_complete()`` when a response ends; the attributes
-``conn`` (the ``h11.Connection``: ``their_state`` says what we wait for from the client),
-``client`` (``(host, port)`` or None), ``transport`` and ``cycle`` (the current
-``RequestResponseCycle`` with ``response_started``, ``disconnected``, ``message_event``);
-``_unsupported_upgrade_warning()`` (two warnings per request with an Upgrade header).
-asyncio internals: ``BaseSelectorEventLoop._accept_connection`` reports EMFILE/ENFILE/
-ENOBUFS/ENOMEM through the loop's exception handler with ``ACCEPT_OUT_OF_RESOURCES`` as
-the message, once per failed ``accept()`` (up to ``backlog`` times per loop turn).
+The uvicorn and asyncio internals this relies on are api/server/_compat.py's.
 """
 
 from __future__ import annotations
@@ -49,11 +37,10 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from api.server._compat import ACCEPT_OUT_OF_RESOURCES, ProtocolBase, cut_request
 
 log = logging.getLogger("agentbox.api.connections")
-
-ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 
 # Descriptors the server needs besides client connections (measured: 16 at start with
 # the database and the engine client; a started session adds 15: its ZMQ sockets, their
@@ -166,7 +153,7 @@ class ConnectionGuard:
                 del self.per_client[client]
 
 
-class GuardedH11Protocol(H11Protocol):
+class GuardedH11Protocol(ProtocolBase):
     """uvicorn's h11 protocol plus caps and read/write deadlines (see the module doc)."""
 
     guard: ClassVar[ConnectionGuard]
@@ -222,7 +209,7 @@ class GuardedH11Protocol(H11Protocol):
             self._stall.cancel()
             self._stall = None
 
-    def _unsupported_upgrade_warning(self) -> None:
+    def upgrade_refused(self) -> None:
         # uvicorn logs two warnings per request with an Upgrade header; count them instead.
         self.guard.events.note("upgrade_refused")
 
@@ -268,9 +255,7 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.write(canned(408, "request_timeout",
                                         f"request {phase} not received within {seconds:g} s"))
         if phase == "body" and cycle is not None:
-            # The app sees a disconnect, and nothing it sends after this goes out.
-            cycle.disconnected = True
-            cycle.message_event.set()
+            cut_request(cycle)
         self._close()
 
     def _stalled(self) -> None:

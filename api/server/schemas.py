@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from api.settings import Settings
-from sandbox._config import _ENV_NAME, _RESERVED_ENV
+from api.server.settings import Settings
+from sandbox import ENV_NAME_PATTERN, RESERVED_ENV
 
 
 class Limits(BaseModel):
@@ -202,6 +202,36 @@ class ExecuteResponse(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+# -- the result on the wire, without a validation pass -------------------------------
+# ExecuteResponse is the declaration; what the service answers is already its shape but
+# for what the output models add (their defaults, the computed output_type). Those are
+# read from the models here, once, so the hot path fills them in with dict operations
+# instead of validating and re-serializing every result (tests/api/test_wire_shape.py
+# checks that both give the same JSON).
+_OUTPUT_MODELS: dict[str, type[BaseModel]] = {
+    "stream": StreamOut, "display_data": DisplayOut, "execute_result": DisplayOut,
+    "error": ErrorOut}
+_OUTPUT_DEFAULTS = {kind: {name: field.get_default(call_default_factory=True)
+                           for name, field in model.model_fields.items()
+                           if not field.is_required()}
+                    for kind, model in _OUTPUT_MODELS.items()}
+_RESULT_DEFAULTS = {name: field.get_default(call_default_factory=True)
+                    for name, field in ExecuteResponse.model_fields.items()
+                    if not field.is_required()}
+
+
+def wire_output(out: dict[str, Any]) -> dict[str, Any]:
+    """An output as its model serializes it: defaults filled in, output_type added."""
+    kind = out["type"]
+    return {**_OUTPUT_DEFAULTS[kind], **out, "output_type": kind}
+
+
+def wire_result(body: dict[str, Any]) -> dict[str, Any]:
+    """``ExecutionResult.to_dict()`` (plus the service's notes) as ExecuteResponse
+    serializes it."""
+    return {**_RESULT_DEFAULTS, **body, "outputs": [wire_output(o) for o in body["outputs"]]}
+
+
 def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for error statuses, each with the real error body; named
     ones (``e409="..."``) with a description. Listing 422 also keeps FastAPI from adding
@@ -227,8 +257,8 @@ def env_schema() -> dict[str, Any]:
     """The environment rule of sandbox/_config.py: identifier names, none the sandbox
     sets itself, values without NUL."""
     return {"type": "object", "title": "Env",
-            "propertyNames": {"pattern": _ENV_NAME.pattern,
-                              "not": {"enum": sorted(_RESERVED_ENV)}},
+            "propertyNames": {"pattern": ENV_NAME_PATTERN.pattern,
+                              "not": {"enum": sorted(RESERVED_ENV)}},
             "additionalProperties": {"type": "string", "pattern": NO_NUL}}
 
 

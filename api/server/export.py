@@ -4,7 +4,7 @@ Exporting a large history is seconds of CPU: reading and decoding result JSON,
 building the notebook, encoding it. Built on the event loop it stalled every
 session; in a thread it still held the interpreter lock most of the time (two at
 once took another key's ``1+1`` from 20 ms to 500 ms at p99). So each export runs
-``python -m api.export`` on the same database, with its own lock, memory limit and
+``python -m api.server.export`` on the same database, with its own lock, memory limit and
 deadline, and writes the notebook to a pipe the server reads without parsing.
 
 Bounds: ``max_bytes`` characters of stored code and results read (later cells keep
@@ -40,9 +40,9 @@ class ExportFailed(RuntimeError):
 def build(engine: Engine, session_id: str, meta: dict[str, Any], max_bytes: int,
           max_outputs: int) -> Iterator[bytes]:
     """The notebook of *session_id*, encoded piece by piece (see notebook_chunks)."""
-    from api.store import EXPORT_CODE_PREFIX, export_rows
-    from sandbox._models import ExecutionResult
-    from sandbox._notebook import SKIPPED, notebook_chunks, notebook_dict
+    from api.server.store import EXPORT_CODE_PREFIX, export_rows
+    from sandbox import NOTEBOOK_SKIPPED as SKIPPED
+    from sandbox import ExecutionResult, notebook_chunks, notebook_dict
 
     skipped = (f"{SKIPPED}: the notebook reached its limit of {max_bytes} characters of "
                "stored code and results")
@@ -62,7 +62,7 @@ def build(engine: Engine, session_id: str, meta: dict[str, Any], max_bytes: int,
 
 
 def _engine(url: str) -> Engine:
-    from api.store import _sqlite_pragmas
+    from api.server.store import _sqlite_pragmas
 
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
@@ -83,7 +83,7 @@ async def export_in_child(url: str, session_id: str, meta: dict[str, Any], *,
                       "max_bytes": max_bytes, "max_outputs": max_outputs,
                       "memory_bytes": memory_bytes}).encode()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api.export", stdin=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "api.server.export", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     try:
