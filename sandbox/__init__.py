@@ -53,10 +53,11 @@ from sandbox._models import (
 from sandbox._outputs import ClearOutput, DisplayUpdate, Event
 
 if TYPE_CHECKING:
-    from sandbox._image import build_image, image_tag
+    from sandbox._image import image_tag
     from sandbox._manager import SessionManager, StartQueueFullError
     from sandbox._notebook import SKIPPED as NOTEBOOK_SKIPPED
     from sandbox._notebook import notebook_chunks, notebook_dict
+    from sandbox._runtime.dockerd.build import build_image
     from sandbox._session import AsyncSession, SessionState
     from sandbox._sync import Session
 
@@ -68,7 +69,7 @@ _LAZY = {
     "Session": "sandbox._sync",
     "SessionManager": "sandbox._manager",
     "StartQueueFullError": "sandbox._manager",
-    "build_image": "sandbox._image",
+    "build_image": "sandbox._runtime.dockerd.build",
     "image_tag": "sandbox._image",
     "notebook_dict": "sandbox._notebook",
     "notebook_chunks": "sandbox._notebook",

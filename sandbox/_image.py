@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from sandbox._exceptions import ImageBuildError, ImageError
 
@@ -199,17 +199,3 @@ def debian_mirror() -> str | None:
     plain = [u for u in candidates if "security" not in u]
     env = os.environ.get("AGENTBOX_DEBIAN_MIRROR")
     return env or (plain[0] if plain else None)
-
-
-def __getattr__(name: str) -> Any:
-    """The build's names at their old address (``from sandbox._image import build_image``);
-    they live with the engine now, in :mod:`sandbox._runtime.dockerd.build`."""
-    if name in _MOVED:
-        from sandbox._runtime.dockerd import build
-
-        return getattr(build, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-_MOVED = frozenset({"build_image", "image_status", "prune_stale_images", "DockerBaseOps",
-                    "probe_python", "download_wheels", "wheel_cache_dir", "PythonTarget"})

@@ -85,7 +85,7 @@ class AsyncSession(SessionFiles):
         if self._uid_lease is not None:
             weakref.finalize(self, self._uid_lease.release)  # never started, never closed
         if runtime is None:
-            from sandbox._runtime.docker import default_runtime
+            from sandbox._runtime.dockerd import default_runtime
 
             runtime = default_runtime()
         self.runtime = runtime

@@ -22,7 +22,7 @@ def engine() -> Iterator[object]:
     from sandbox._exceptions import EngineUnavailableError
     from sandbox._image import image_tag
     from sandbox._runtime.base import LABEL_OWNER_PID
-    from sandbox._runtime.engine import connect
+    from sandbox._runtime.dockerd import connect
 
     try:
         client = connect()

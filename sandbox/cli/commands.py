@@ -12,7 +12,7 @@ from sandbox.cli.console import RichProgress, console, error
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from sandbox._image import build_image
+    from sandbox._runtime.dockerd.build import build_image
 
     progress = RichProgress(verbose=args.verbose)
     try:
@@ -66,8 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from api.main import JsonLines, server_for
-    from api.settings import Settings
+    from api.server.middleware import JsonLines
+    from api.server.serve import server_for
+    from api.server.settings import Settings
 
     overrides = {k: v for k, v in {
         "host": args.host, "port": args.port, "pool_size": args.pool_size,

@@ -147,7 +147,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
 
     def _runtime(self) -> Runtime:
         if self.runtime is None:
-            from sandbox._runtime.docker import default_runtime
+            from sandbox._runtime.dockerd import default_runtime
 
             self.runtime = default_runtime()
         return self.runtime

@@ -12,8 +12,7 @@ import pytest
 
 from sandbox import AsyncSession, SessionState
 from sandbox._runtime.base import LABEL_SESSION, ContainerSpec
-from sandbox._runtime.docker import DockerRuntime
-from sandbox._runtime.engine import connect
+from sandbox._runtime.dockerd import DockerRuntime, connect
 
 pytestmark = pytest.mark.usefixtures("engine")
 

@@ -48,7 +48,7 @@ import pytest
 
 from sandbox import AsyncSession, SandboxError
 from sandbox._runtime.base import LABEL_APP, LABEL_OWNER_PID
-from sandbox._runtime.docker import default_runtime
+from sandbox._runtime.dockerd import default_runtime
 
 pytestmark = pytest.mark.usefixtures("engine")
 

@@ -45,7 +45,7 @@ from sandbox import (
 )
 from sandbox._manager import sweep_orphans
 from sandbox._runtime.base import LABEL_SESSION
-from sandbox._runtime.docker import DockerRuntime
+from sandbox._runtime.dockerd import DockerRuntime
 from tests.faults._proxy import EngineProxy, Mode
 
 pytestmark = [

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sandbox import ExecutionResult, SandboxConfig, Session
-from sandbox._runtime.engine import connect
+from sandbox._runtime.dockerd import connect
 
 
 def registered_runtimes() -> list[str]:

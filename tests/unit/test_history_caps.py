@@ -1,4 +1,4 @@
-"""The history's caps (api/store.py) and the notebook export's shape (sandbox/_notebook.py),
+"""The history's caps (api/server/store.py) and the notebook export's shape (sandbox/_notebook.py),
 as pure logic on SQLite: exact bounds, every cut said, and a notebook nbformat accepts
 whatever a box put in the outputs. The attacks themselves run against a real server in
 tests/security/test_history_caps.py."""

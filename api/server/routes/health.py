@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,24 +19,7 @@ router = APIRouter(tags=["health"], generate_unique_id_function=operation_id)
             responses={503: {"model": Health, "description": "Not ready: no engine, no "
                              "current image, or shutting down"}})
 async def healthz(service: Service) -> Any:
-    from sandbox import SandboxError
-
-    # Private until the runtime has a health probe of its own (see the report of issue 12).
-    from sandbox._image import image_status
-    from sandbox._runtime.engine import connect
-
-    def probe() -> dict[str, Any]:
-        try:
-            client = connect(timeout=5)
-        except SandboxError as exc:
-            return {"engine": False, "engine_error": str(exc), "image_present": False}
-        try:
-            status = image_status(client)
-            return {"engine": True, "image": status["tag"], "image_present": status["current"]}
-        finally:
-            client.close()
-
-    body = await anyio.to_thread.run_sync(probe)
+    body = (await service.manager.runtime.probe(timeout_s=5)).as_health()
     body.update({"pool": service.manager.pool_level, "pool_target": service.settings.pool_size,
                  "sessions": len(service.owned), "accepting": service.accepting})
     ok = body["engine"] and body["image_present"] and service.accepting

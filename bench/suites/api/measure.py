@@ -17,7 +17,7 @@ import sqlalchemy
 import starlette
 import uvicorn
 
-from api.store import HistoryStore
+from api.server.store import HistoryStore
 from bench.harness import machine
 from bench.harness.cells import DATAFRAME, MATPLOTLIB, TRIVIAL, check_lib
 from bench.harness.engine import agentbox_containers, check_image, docker_client, image_tag

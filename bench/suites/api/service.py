@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
-from api.main import JsonLines, server_for
-from api.settings import Settings
+from api.server.middleware import JsonLines
+from api.server.serve import server_for
+from api.server.settings import Settings
 from bench.harness.cells import check_api
 from bench.harness.errors import BenchError
 

@@ -18,7 +18,7 @@ from bench.suites.tuning import Plan
 from bench.suites.tuning.libzmq import LibzmqConnection, transport
 from bench.suites.tuning.profile import measure, report
 from sandbox import AsyncSession
-from sandbox._runtime.engine import connect
+from sandbox._runtime.dockerd import connect
 
 Samples = dict[str, dict[str, list[float]]]
 
