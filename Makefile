@@ -34,6 +34,7 @@ demo: setup  ## a pandas + matplotlib analysis in a fresh hardened sandbox -> ou
 lint: venv
 	$(BIN)/ruff check sandbox api tests bench kernel_image
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: setup engine-gvisor postgres lint  ## everything, against the real engine (runc and gVisor)
 	$(BIN)/python -m pytest -q

@@ -53,8 +53,9 @@ from sandbox._models import (
 from sandbox._outputs import ClearOutput, DisplayUpdate, Event
 
 if TYPE_CHECKING:
+    from sandbox._exceptions import StartQueueFullError
     from sandbox._image import image_tag
-    from sandbox._manager import SessionManager, StartQueueFullError
+    from sandbox._manager import SessionManager
     from sandbox._notebook import SKIPPED as NOTEBOOK_SKIPPED
     from sandbox._notebook import notebook_chunks, notebook_dict
     from sandbox._runtime.dockerd.build import build_image
@@ -68,7 +69,7 @@ _LAZY = {
     "SessionState": "sandbox._session",
     "Session": "sandbox._sync",
     "SessionManager": "sandbox._manager",
-    "StartQueueFullError": "sandbox._manager",
+    "StartQueueFullError": "sandbox._exceptions",
     "build_image": "sandbox._runtime.dockerd.build",
     "image_tag": "sandbox._image",
     "notebook_dict": "sandbox._notebook",

@@ -27,6 +27,7 @@ from sandbox._runtime.base import (
     LABEL_RUN_DIR,
     Runtime,
 )
+from sandbox.utils import pid_alive
 
 log = logging.getLogger("sandbox.manager")
 
@@ -37,17 +38,6 @@ ORPHAN_DIR_MIN_AGE_S = 120.0  # a run dir this young may belong to a session sti
 class GarbageReport:
     containers: int
     directories: int
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def sweep_orphans(runtime: Runtime, run_root: Path, *,

@@ -37,21 +37,13 @@ from sandbox._exceptions import (
     SessionStartError,
     StartQueueFullError,
 )
-from sandbox._gc import (
-    ORPHAN_DIR_MIN_AGE_S,
-    GarbageReport,
-    collect_garbage,
-    pid_alive,
-    sweep_orphans,
-)
+from sandbox._gc import sweep_orphans
 from sandbox._pool import WarmPool
 from sandbox._runtime.base import LABEL_MANAGER, Runtime
 from sandbox._session import AsyncSession, SessionState
-from sandbox._start_gate import TYPICAL_START_SEED_S, LineTooLong, StartGate
+from sandbox._start_gate import LineTooLong, StartGate
 
-__all__ = ["ORPHAN_DIR_MIN_AGE_S", "TYPICAL_START_SEED_S", "GarbageReport", "LineTooLong",
-           "SessionManager", "StartGate", "StartQueueFullError", "collect_garbage",
-           "pid_alive", "sweep_orphans"]
+__all__ = ["SessionManager"]
 
 log = logging.getLogger("sandbox.manager")
 

@@ -2,7 +2,7 @@
 
 Needs the ``server`` extra; without it, importing this says so in one line."""
 
-from sandbox._extras import require
+from sandbox.utils import require_extra as require
 
 require("the HTTP server", "server",
         "fastapi", "uvicorn", "pydantic_settings", "sqlalchemy", "prometheus_client")

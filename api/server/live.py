@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 from api._sse import frame
-from sandbox._outputs import human_bytes
+from sandbox.utils import human_bytes
 
 END = "\0end"  # what next() returns once the final frame has been taken
 

@@ -49,7 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from sandbox._manager import pid_alive
+from sandbox.utils import pid_alive
 
 metadata = MetaData()
 

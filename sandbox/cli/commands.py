@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from sandbox._manager import collect_garbage
+    from sandbox._gc import collect_garbage
 
     removed = collect_garbage(engine_wide=args.all)
     console.print(

@@ -16,7 +16,7 @@ import pytest
 
 from api.server.settings import Settings
 from sandbox._config import default_base_dir
-from sandbox._manager import sweep_orphans
+from sandbox._gc import sweep_orphans
 from sandbox._runtime.dockerd import default_runtime
 from tests.api.conftest import KEY_A, free_port, make_settings, run_server
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import AsyncSession, SandboxConfig
-from sandbox._manager import ORPHAN_DIR_MIN_AGE_S, sweep_orphans
+from sandbox._gc import ORPHAN_DIR_MIN_AGE_S, sweep_orphans
 from sandbox._rundir import RUN_DIR_BYTES, make_run_dir, remove_run_dir
 from sandbox._runtime.dockerd import DockerRuntime
 

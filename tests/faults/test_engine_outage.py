@@ -43,7 +43,7 @@ from sandbox import (
     SessionManager,
     SessionState,
 )
-from sandbox._manager import sweep_orphans
+from sandbox._gc import sweep_orphans
 from sandbox._runtime.base import LABEL_SESSION
 from sandbox._runtime.dockerd import DockerRuntime
 from tests.faults._proxy import EngineProxy, Mode

@@ -20,9 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox import SandboxConfig, SessionManager, SessionStartError
+from sandbox import SandboxConfig, SessionManager, SessionStartError, StartQueueFullError
 from sandbox._config import ManagerConfig
-from sandbox._manager import StartQueueFullError
 from tests.api.conftest import KEY_A, KEY_B, make_settings, run_server
 from tests.security.conftest import RUNTIMES
 

@@ -28,9 +28,9 @@ from sandbox import (
     SessionNotFoundError,
     SessionStartError,
     SessionState,
+    StartQueueFullError,
 )
 from sandbox._gc import ORPHAN_DIR_MIN_AGE_S, sweep_orphans
-from sandbox._manager import StartQueueFullError
 from sandbox._runtime.base import LABEL_APP, LABEL_HOST, LABEL_OWNER_PID, LABEL_RUN_DIR
 from sandbox._runtime.fake import FakeRuntime
 from tests.unit._fakes import Behaviour, use_fake_sessions
