@@ -20,6 +20,7 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from sandbox._compat import register_atexit_before_threads
 from sandbox._config import SandboxConfig
 from sandbox._models import ExecutionResult, FileInfo, KernelDeath, SessionInfo
 from sandbox._outputs import Event
@@ -231,9 +232,4 @@ async def _make(config: SandboxConfig | None, kwargs: dict[str, Any]) -> AsyncSe
     return AsyncSession(config, **kwargs)
 
 
-try:
-    threading._register_atexit(_close_open_sessions)  # type: ignore[attr-defined]
-except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
-    import atexit
-
-    atexit.register(_close_open_sessions)
+register_atexit_before_threads(_close_open_sessions)

@@ -79,6 +79,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Dict, Float, Integer, Unicode
 
 from sandbox._box import INIT_SIGNALS, Box, box_labels, death_from_state
+from sandbox._compat import connection_file_written
 from sandbox._config import SandboxConfig, default_base_dir, make_config
 from sandbox._endpoint import (
     PORTS,
@@ -223,7 +224,7 @@ class AgentBoxProvisioner(KernelProvisionerBase):
             if fresh:
                 # A new run dir: new socket paths and a fresh 256-bit key. (On a restart
                 # both stay, so clients already connected simply reconnect.)
-                if km._connection_file_written:
+                if connection_file_written(km):
                     km.cleanup_connection_file()
                 km.session.key = secrets.token_hex(32).encode()
             km.transport = "ipc"

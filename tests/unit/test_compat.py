@@ -88,3 +88,29 @@ def test_register_atexit_falls_back_to_atexit(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("atexit.register", seen.append)
     _compat.register_atexit_before_threads(print)
     assert seen == [print]
+
+
+PRIVATE = ("_sock", "_connection_file_written", "_connection", "_lowlevel_server",
+           "_captured_signals", "_register_atexit")
+HOMES = {Path("sandbox/_compat.py"), Path("api/server/_compat.py")}
+
+
+def test_no_other_module_reaches_those_attributes() -> None:
+    """The accessors above are the only way in: an attribute access (``x._sock``, or
+    ``getattr(x, "_sock")``) of one of those names anywhere else in sandbox/ or api/
+    fails here, so a new use lands in the module whose tests follow the library."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for path in sorted([*root.glob("sandbox/**/*.py"), *root.glob("api/**/*.py")]):
+        rel = path.relative_to(root)
+        if rel in HOMES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(rel))):
+            name = node.attr if isinstance(node, ast.Attribute) and \
+                not (isinstance(node.value, ast.Name) and node.value.id == "self") else \
+                node.value if isinstance(node, ast.Constant) else None
+            if name in PRIVATE:
+                found.append(f"{rel}:{node.lineno}: {name}")
+    assert not found, found

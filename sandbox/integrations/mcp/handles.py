@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
+from sandbox._compat import mcp_connection
 from sandbox._config import SandboxConfig
 from sandbox._exceptions import SandboxError
 from sandbox._session import AsyncSession, SessionState
@@ -189,8 +190,7 @@ def scope_of(request: ServerRequestContext[Any, Any], session: str | None = None
     else (stateless HTTP) the one *session* names; *issue*: a new handle when none is given."""
     from mcp.server.connection import Connection
 
-    # mcp 2.3 offers no public accessor from a tool's context to its Connection.
-    connection = getattr(request.session, "_connection", None)
+    connection = mcp_connection(request.session)
     if isinstance(connection, Connection) and connection.session_id is not None:
         scope = BoxScope(f"http:{connection.session_id}", connection)
     elif request.request is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from sandbox._compat import forget_captured_signals, mcp_lowlevel_server
 from sandbox._config import SandboxConfig
 from sandbox._exceptions import ConfigError
 from sandbox.integrations.mcp.binding import BearerAuth, api_keys, bind_http, transport_security
@@ -67,9 +68,7 @@ async def _serve_http(server: MCPServer[Sandboxes], sock: socket.socket, hosts: 
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal once it has shut down, so the process would
             # end "killed by SIGTERM"; a clean stop exits 0, as `agentbox serve` does.
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
+            forget_captured_signals(self)
 
     app = server.streamable_http_app(
         transport_security=transport_security(hosts),
@@ -86,7 +85,7 @@ async def _serve_http(server: MCPServer[Sandboxes], sock: socket.socket, hosts: 
 async def _serve_stdio(server: MCPServer[Sandboxes]) -> None:
     from mcp.server.stdio import stdio_server
 
-    lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async drives
+    lowlevel = mcp_lowlevel_server(server)  # what MCPServer.run_stdio_async drives
     async with anyio.create_task_group() as tg:
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
