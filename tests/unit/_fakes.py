@@ -1,7 +1,8 @@
 """Fakes for the manager's bookkeeping: a session that needs no kernel, on FakeRuntime.
 
 A :class:`FakeSession` has what the SessionManager and the WarmPool read of a session
-(id, state, phases, timestamps, per-session lifetimes) and starts and removes a
+(id, state, phases, timestamps, per-session lifetimes; for the SandboxService also
+``created_at`` and ``interrupt``) and starts and removes a
 container record on the runtime, so that tests can count what is left. The manager
 makes sessions in one place, ``SessionManager._new_session``; :func:`use_fake_sessions`
 points it at FakeSession.
@@ -52,7 +53,10 @@ class FakeSession:
         self.phases: dict[str, float] = {}
         self.last_used = time.monotonic()
         self.started_monotonic = time.monotonic()
+        self.created_at = time.time()
         self.from_pool = False
+        self.interrupts = 0
+        self.interrupt_ends = True  # an interrupt ends a BUSY session's cell (READY again)
         self.idle_timeout_s: float | None = None
         self.max_lifetime_s: float | None = None
 
@@ -73,6 +77,11 @@ class FakeSession:
         self.started_monotonic = self.last_used = time.monotonic()
         self.behaviour.started += 1
         return self
+
+    async def interrupt(self) -> None:
+        self.interrupts += 1
+        if self.interrupt_ends and self.state is SessionState.BUSY:
+            self.state = SessionState.READY
 
     async def close(self) -> None:
         if self.state is SessionState.CLOSED:
