@@ -17,7 +17,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from sandbox._models import DisplayOutput, ErrorOutput, ExecutionResult, Output, StreamOutput
-from sandbox._outputs import human_bytes, output_size
+from sandbox._output_caps import human_bytes, output_size
 
 SKIPPED = "outputs not exported"  # how a cell's note starts when its outputs were left out
 # The agentbox kernelspec (sandbox.provisioner): Jupyter reopens the notebook on the

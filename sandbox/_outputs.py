@@ -26,27 +26,26 @@ never raised.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox._models import DisplayOutput, ErrorOutput, Output, StreamOutput
+from sandbox._models import DisplayOutput, Output, StreamOutput
+from sandbox._output_caps import (
+    MARKER_RESERVE,
+    Bundle,
+    MiB,
+    bundle_size,
+    cut_utf8,
+    fit_error,
+    human_bytes,
+    output_size,
+    placeholder,
+    strip_ansi,
+    utf8_len,
+)
 
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-MAX_TRACEBACK_LINES = 200
-MAX_TRACEBACK_LINE = 10_000
-MAX_ENAME = 1000
-MAX_EVALUE = 10_000
-# Room held back in the stream budget for each of stdout and stderr, for the
-# "[output truncated: ...]" marker that finish() appends: markers count, and fit.
-MARKER_RESERVE = 128
-MiB = 1024 * 1024
-
-
-def strip_ansi(text: str) -> str:
-    return ANSI_ESCAPE.sub("", text)
-
+__all__ = ["MARKER_RESERVE", "ClearOutput", "DisplayUpdate", "Event", "OutputAssembler",
+           "human_bytes", "output_size", "strip_ansi"]
 
 @dataclass(frozen=True, slots=True)
 class ClearOutput:
@@ -75,48 +74,6 @@ class DisplayUpdate:
 Event = Output | ClearOutput | DisplayUpdate
 # An event and the bytes it counts against the live budget.
 _Sized = tuple[Event, int]
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _bundle_size(data: dict[str, Any]) -> int:
-    size = 0
-    for key, value in data.items():
-        size += len(key) + (_utf8_len(value) if isinstance(value, str)
-                            else len(json.dumps(value)))
-    return size
-
-
-def _error_size(ename: str, evalue: str, traceback: list[str]) -> int:
-    return _utf8_len(ename) + _utf8_len(evalue) + sum(_utf8_len(x) for x in traceback)
-
-
-def output_size(output: Output) -> int:
-    """Bytes an output holds (UTF-8), as the caps count them."""
-    if isinstance(output, StreamOutput):
-        return _utf8_len(output.text)
-    if isinstance(output, ErrorOutput):
-        return _error_size(output.ename, output.evalue, output.traceback)
-    return _bundle_size(output.data) + _bundle_size(output.metadata)
-
-
-def _cut_utf8(text: str, limit: int) -> str:
-    """The longest prefix of *text* whose UTF-8 form fits in *limit* bytes."""
-    if limit <= 0:
-        return ""
-    if text.isascii():
-        return text[:limit]
-    return text.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"  # pragma: no cover
 
 
 @dataclass
@@ -261,18 +218,18 @@ class OutputAssembler:
         self._before_output()
         last = self.outputs[-1] if self.outputs else None
         merge = isinstance(last, StreamOutput) and last.name == name
-        size = _utf8_len(text)
+        size = utf8_len(text)
         if not merge and self._full():
             self._stream_dropped[name] = self._stream_dropped.get(name, 0) + size
             self._drop_output()
             return []
         room = self.max_bytes - 2 * self._reserve - self.stream_bytes
         if size > room:
-            text = _cut_utf8(text, room)
-            self._lose_stream(name, size - _utf8_len(text))
+            text = cut_utf8(text, room)
+            self._lose_stream(name, size - utf8_len(text))
             if not text:
                 return []
-            size = _utf8_len(text)
+            size = utf8_len(text)
         if merge:
             assert isinstance(last, StreamOutput)
             last.text += text
@@ -296,20 +253,14 @@ class OutputAssembler:
             raise TypeError("MIME keys must be strings")
         return data, metadata
 
-    def _placeholder(self, data: dict[str, Any], size: int
-                     ) -> tuple[dict[str, Any], dict[str, Any], int]:
-        mimes = ", ".join(sorted(data)) or "no data"
-        note = (f"[display dropped: {human_bytes(size)} ({mimes}) exceeds the "
-                f"{human_bytes(self.max_bytes)} output limit of this execution]")
-        holder = ({"text/plain": note},
-                  {"agentbox": {"dropped": True, "bytes": size, "mimetypes": sorted(data)}})
-        return holder[0], holder[1], _bundle_size(holder[0]) + _bundle_size(holder[1])
+    def _placeholder(self, data: dict[str, Any], size: int) -> Bundle:
+        return placeholder(data, size, self.max_bytes)
 
     def _admit(self, data: dict[str, Any], metadata: dict[str, Any], freed: int = 0,
-               copies: int = 1) -> tuple[dict[str, Any], dict[str, Any], int] | None:
+               copies: int = 1) -> Bundle | None:
         """The bundle to keep (*copies* times, in place of *freed* bytes): itself if it
         fits, else a placeholder that says what was dropped, else None (nothing fits)."""
-        size = _bundle_size(data) + _bundle_size(metadata)
+        size = bundle_size(data) + bundle_size(metadata)
         room = self.max_bytes - self.rich_bytes + freed
         if size * copies <= room:
             return data, metadata, size
@@ -373,7 +324,7 @@ class OutputAssembler:
                         metadata: dict[str, Any]) -> list[_Sized]:
         """An update of a display this cell does not show (an earlier cell's, or none):
         nothing here to keep, so it only goes live, and no larger than a kept one."""
-        size = _bundle_size(data) + _bundle_size(metadata)
+        size = bundle_size(data) + bundle_size(metadata)
         if size > self.max_bytes:
             data, metadata, size = self._placeholder(data, size)
         out = DisplayOutput(type="display_data", data=data, metadata=metadata,
@@ -392,52 +343,16 @@ class OutputAssembler:
         if self._full():
             self._drop_output()
             return []
-        out = self._fit_error(ename, evalue, traceback)
-        if out is None:
+        fitted = fit_error(ename, evalue, traceback, self.max_bytes - self.rich_bytes)
+        if fitted is None:
             self._drop_output()
             return []
+        out, lost = fitted
+        if lost:
+            self._mark_dropped(lost)
         size = output_size(out)
         self._append(out, size)
         return [(out, size)]
-
-    def _fit_error(self, ename: str, evalue: str, traceback: list[Any]
-                   ) -> ErrorOutput | None:
-        """The error as kept: fixed caps per field and line, then what fits in the rich
-        budget (name, value, then whole traceback lines), with a line saying the rest."""
-        room = self.max_bytes - self.rich_bytes
-        if room <= 0:
-            return None
-        name = _cut_utf8(strip_ansi(ename[:MAX_ENAME * 4])[:MAX_ENAME], room)
-        room -= _utf8_len(name)
-        value = strip_ansi(evalue[:MAX_EVALUE * 4])[:MAX_EVALUE]
-        kept_value = _cut_utf8(value, room)
-        room -= _utf8_len(kept_value)
-        lost = _utf8_len(value) - _utf8_len(kept_value)
-        lines: list[str] = []
-        # Only text lines: str() of a huge list sent in their place would cost all of it.
-        given = [x if isinstance(x, str) else "[not text]"
-                 for x in traceback[:MAX_TRACEBACK_LINES]]
-        capped = [strip_ansi(x[:MAX_TRACEBACK_LINE * 4])[:MAX_TRACEBACK_LINE] for x in given]
-        sizes = [_utf8_len(x) for x in capped]
-        held = min(MARKER_RESERVE, room) if sum(sizes) > room else 0
-        room -= held  # room for the line that says what was cut
-        for line, size in zip(capped, sizes, strict=True):
-            if size > room:
-                lost += sum(sizes[len(lines):])
-                break
-            lines.append(line)
-            room -= size
-        room += held
-        extra = len(traceback) - len(lines)
-        if extra > 0:
-            marker = (f"[{extra} more traceback lines dropped]" if not lost
-                      else f"[{extra} more traceback lines ({human_bytes(lost)}) dropped: "
-                           "the output limit of this execution]")
-            if _utf8_len(marker) <= room:
-                lines.append(marker)
-        if lost:
-            self._mark_dropped(lost)
-        return ErrorOutput(ename=name, evalue=kept_value, traceback=lines)
 
     # -- the end ------------------------------------------------------------------------
     def finish(self) -> list[Output]:
@@ -474,7 +389,7 @@ class OutputAssembler:
                      and self.outputs[i].name == name), None)  # type: ignore[union-attr]
         if last is None:
             marker = marker.lstrip("\n")
-        size = _utf8_len(marker)
+        size = utf8_len(marker)
         if self.stream_bytes + size > self.max_bytes or (last is None and self._full()):
             return  # no room for it: the note in notes says it all the same
         if last is not None:

@@ -14,25 +14,26 @@ for its turn (first come, first served); pass ``wait=False`` to get
 
 The container and its init are a :class:`~sandbox._box.Box`, the kernel in it a
 :class:`~sandbox._slot.KernelSlot`; one execution is a :class:`~sandbox._cell.CellRun`
-(its deadline, and the interrupt → restart → replace ladder over its time limit).
+(its deadline, and the interrupt → restart → replace ladder over its time limit), which
+sees the session through :class:`~sandbox._session_cells.CellBox`; a cell whose caller
+left is ended in the background (:class:`~sandbox._session_cells.Abandoned`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import enum
 import logging
 import secrets
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
 from sandbox._box import Box, box_labels
-from sandbox._cell import IOPUB_GRACE_S, CellRun, abandon, check_cell
+from sandbox._cell import CellRun, check_cell
 from sandbox._config import SandboxConfig, default_base_dir
 from sandbox._exceptions import (
     EngineUnavailableError,
@@ -50,6 +51,7 @@ from sandbox._models import ExecutionResult, KernelDeath, SessionInfo
 from sandbox._outputs import Event
 from sandbox._rundir import remove_run_dir
 from sandbox._runtime.base import Runtime
+from sandbox._session_cells import Abandoned, CellBox
 from sandbox._session_files import SessionFiles
 from sandbox._slot import KernelSlot
 from sandbox._uids import for_session
@@ -115,8 +117,7 @@ class AsyncSession(SessionFiles):
         self._death: KernelDeath | None = None
         self._active_msg: str | None = None
         self._files = FileOps(self.runtime, self.config, self._container_for_files)
-        self._background: set[asyncio.Task[Any]] = set()
-        self._draining: asyncio.Task[Any] | None = None
+        self._abandoned = Abandoned(self.id)
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -337,10 +338,7 @@ class AsyncSession(SessionFiles):
                 await run.aclose()  # now, not at garbage collection: a left cell is ended
 
     async def _run(self, code: str, limit: float) -> AsyncGenerator[Event | ExecutionResult, None]:
-        if self._draining is not None:  # a cell whose caller left is still ending
-            draining, self._draining = self._draining, None
-            with contextlib.suppress(Exception):
-                await asyncio.shield(draining)
+        await self._abandoned.wait()  # a cell whose caller left may still be ending
         t_start = time.monotonic()
         notes: list[str] = []
         restarted = False
@@ -359,7 +357,8 @@ class AsyncSession(SessionFiles):
         self.executions += 1
         msg_id, queue = kernel.execute(code)
         self._active_msg = msg_id
-        run = CellRun.configured(queue, _CellBox(self, kernel), limit, self.config, notes)
+        box = CellBox(self, kernel, lambda: self._state is SessionState.CLOSED)
+        run = CellRun.configured(queue, box, limit, self.config, notes)
         try:
             async with contextlib.aclosing(run.events()) as events:
                 async for event in events:
@@ -368,7 +367,7 @@ class AsyncSession(SessionFiles):
             if run.abandoned and self._state is not SessionState.CLOSED:
                 # The caller went away mid-cell: interrupt it and let the next cell wait
                 # until it has really ended (else the kernel would abort the next one).
-                self._draining = self._detach(self._abandon(run, kernel, msg_id))
+                self._abandoned.end(run, kernel, msg_id, self.config.interrupt_grace_s)
             else:
                 kernel.release(msg_id)
             self._active_msg = None
@@ -376,23 +375,6 @@ class AsyncSession(SessionFiles):
             if self._state is SessionState.BUSY:
                 self._state = SessionState.READY
         yield await run.result(started=t_start, restarted=restarted)
-
-    def _detach(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[Any]:
-        """In a task of its own, in a fresh context: a cancellation that keeps being
-        re-delivered (anyio cancel scopes, as in Starlette) cannot stop it."""
-        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    async def _abandon(self, run: CellRun, kernel: KernelConnection, msg_id: str) -> None:
-        """Interrupt a cell nobody waits for any more; wait for it to end (or restart)."""
-        try:
-            await abandon(run, self.config.interrupt_grace_s + IOPUB_GRACE_S)
-        except SandboxError as exc:
-            log.warning("session %s: ending an abandoned cell failed: %s", self.id, exc)
-        finally:
-            kernel.release(msg_id)
 
     # -- files ---------------------------------------------------------------------------
     def _container_for_files(self) -> str:
@@ -431,30 +413,3 @@ class AsyncSession(SessionFiles):
             remove_run_dir(self.run_dir)
             if self._uid_lease is not None:
                 self._uid_lease.release()
-
-
-class _CellBox:
-    """The session as a cell run sees it (``sandbox._cell.Controls``). Nothing is
-    started for a session that was closed meanwhile."""
-
-    def __init__(self, session: AsyncSession, kernel: KernelConnection) -> None:
-        self._session = session
-        self._kernel = kernel
-
-    def hold(self) -> asyncio.Lock:
-        return self._session._life_lock
-
-    async def interrupt(self) -> None:
-        await self._session._box.interrupt()
-
-    async def restart(self) -> bool:
-        session = self._session
-        return session.state is SessionState.CLOSED or await session._restart_in_place()
-
-    async def replace(self) -> None:
-        if self._session.state is not SessionState.CLOSED:
-            await self._session._replace_container()
-
-    async def reconnect_iopub(self) -> None:
-        if self._session._kernel is self._kernel:
-            await self._kernel.reconnect_iopub()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from sandbox._extras import require as require_extra
-from sandbox._outputs import human_bytes
+from sandbox._output_caps import human_bytes
 
 
 def pid_alive(pid: int) -> bool:

@@ -9,50 +9,18 @@ read-only root, unprivileged uid, limits), with no other change::
     jupyter lab                      # pick "Python 3 (Agent Box sandbox)"
     papermill in.ipynb out.ipynb -k agentbox
 
-How it works. The kernelspec's ``metadata.kernel_provisioner`` names this class
-(entry point ``agentbox-provisioner``), so the KernelManager asks it, not a
-``Popen``, to run the kernel:
-
-- ``pre_launch`` makes a run directory per kernel (``$AGENTBOX_RUN_ROOT/s-<id>``,
-  mode 0700, owned by the kernel's uid when we are root; it is bind-mounted at
-  ``/run/kernel``) and sets the KernelManager's transport to ZMQ ``ipc`` with
-  fixed "ports" 1..5 and ``ip`` = ``<run dir>/k1``, so the manager and its
-  clients use the host paths of the kernel's sockets. The KernelManager writes
-  its own (host-side) connection file as usual; this provisioner writes the
-  container-side one, ``<run dir>/kernel.json``, with the same key and ports and
-  ``ip`` = ``/run/kernel/k1``. A new run directory gets a fresh 256-bit key.
-- ``launch_kernel`` starts the container (``agentbox-init`` as PID 1 starts the
-  kernel from ``AGENTBOX_AUTOSTART=kernel.json``) and returns once the kernel's
-  five sockets exist and it has answered a ``kernel_info_request`` on its control
-  channel (ipykernel 6.31 can lose a control request that arrives right at start,
-  e.g. a front end's first interrupt or shutdown), failing fast when the kernel or
-  container dies first.
-- ``poll``/``wait`` ask ``agentbox-init`` whether the kernel runs (the engine when
-  init does not answer); ``send_signal`` goes through init's ``signal`` op, so
-  SIGINT interrupts a cell (the kernelspec uses ``interrupt_mode: "signal"``),
-  falling back to ``docker kill -s``; ``kill``/``terminate`` use init too: ``kill``
-  ends every process in the container and keeps the container (with or without
-  the restart flag: jupyter_client's ``restart_kernel(now=True)``, which its
-  auto-restarter uses after a death, calls ``kill()`` without it), removing it
-  only when init does not answer.
-- Restart keeps the container: only ``cleanup(restart=False)`` removes it;
-  ``cleanup(restart=True)`` keeps the container and run directory, and the next
-  ``launch_kernel`` asks init to kill every process in the container and start a
-  fresh kernel from the same connection file. Variables are lost, files in ``/home/sandbox`` are kept (like
-  ``AsyncSession.restart``), and the socket paths, ports and key stay the same,
-  so connected clients simply reconnect. When init does not answer, a new
-  container is started in the same run directory (files lost).
-- ``cleanup`` (not restarting) removes the container and the run directory; it
-  is idempotent. It also works from an ``atexit`` handler (``jupyter run``,
-  ``jupyter console`` shut their kernel down at interpreter exit, when the
-  default executor refuses work): the engine call then runs in a thread of its own.
-  A front end that only sends ``shutdown_request`` and exits (``jupyter console``)
-  never calls ``cleanup``: an ``atexit`` hook of the provisioner removes what is
-  left when the process that owns the kernel exits.
-- A death the provisioner did not cause (crash, ``os._exit``, OOM kill) is logged
-  at warning level with its reason, e.g. "out of memory: the kernel was killed for
-  exceeding the 1024 MiB limit". Containers carry the usual labels (app, session, run dir,
-  owner pid, host), so ``agentbox gc`` removes what a crashed Jupyter left.
+How it works (the long form, step by step: docs/provisioner.md). The kernelspec's
+``metadata.kernel_provisioner`` names this class, so the KernelManager asks it, not a
+``Popen``, to run the kernel. ``pre_launch`` makes a run directory per kernel (mode
+0700, bind-mounted at ``/run/kernel``) and points the manager at its ``ipc`` sockets
+(:mod:`sandbox.integrations._provisioner_config`); ``launch_kernel`` starts the
+container, whose init starts the kernel, and returns once the kernel answers on its
+control channel. ``poll``, ``send_signal``, ``kill`` and ``terminate`` go through
+``agentbox-init`` (the engine when init does not answer). A restart keeps the
+container (files kept, variables lost; socket paths and key unchanged); only
+``cleanup(restart=False)``, or an ``atexit`` hook when the front end never calls it,
+removes the container and the run directory. A death the provisioner did not cause is
+logged at warning level with its reason.
 
 Settings: the provisioner's traits, from the kernelspec
 (``metadata.kernel_provisioner.config``, e.g. ``{"memory_mb": 2048}``) or from
@@ -66,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import secrets
 import signal
 import time
@@ -74,19 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
-from jupyter_client.manager import KernelManager
-from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from traitlets import Dict, Float, Integer, Unicode
 
 from sandbox._box import INIT_SIGNALS, Box, box_labels, death_from_state
-from sandbox._compat import connection_file_written
 from sandbox._config import SandboxConfig, default_base_dir, make_config
-from sandbox._endpoint import (
-    PORTS,
-    connection_info,
-    wait_for_sockets,
-    write_connection_file,
-)
+from sandbox._endpoint import PORTS, wait_for_sockets
 from sandbox._exceptions import SandboxError, SessionStartError
 from sandbox._exit_call import engine_call, run_in_own_thread
 from sandbox._kernel import probe_control
@@ -94,31 +52,25 @@ from sandbox._models import KernelDeath
 from sandbox._rundir import make_run_dir, remove_run_dir
 from sandbox._runtime.base import Runtime
 from sandbox._uids import UidLease, for_session
+from sandbox.integrations._provisioner_config import (
+    CONNECTION_FILE,
+    DISPLAY_NAME,
+    KERNEL_NAME,
+    LABEL_KERNEL_ID,
+    PROVISIONER_NAME,
+    SOCKET_PREFIX,
+    ProvisionerSettings,
+    box_info,
+    restore_box,
+)
 
-PROVISIONER_NAME = "agentbox-provisioner"
-KERNEL_NAME = "agentbox"
-DISPLAY_NAME = "Python 3 (Agent Box sandbox)"
-LABEL_KERNEL_ID = "org.agentbox.kernel-id"
+PING_TIMEOUT_S = 2.0
 
-CONNECTION_FILE = "kernel.json"  # the container-side connection file, in the run dir
-SOCKET_PREFIX = "k1"  # sockets are <run dir>/k1-1 .. k1-5 (/run/kernel/k1-N inside)
 PING_TIMEOUT_S = 2.0
 
 
-class AgentBoxProvisioner(KernelProvisionerBase):
+class AgentBoxProvisioner(ProvisionerSettings):
     """Runs the kernel in a hardened Agent Box container (see the module docstring)."""
-
-    memory_mb = Integer(None, allow_none=True, config=True,
-                        help="Memory limit of the sandbox in MiB (default: SandboxConfig's).")
-    cpus = Float(None, allow_none=True, config=True,
-                 help="CPU limit of the sandbox (default: SandboxConfig's).")
-    pids = Integer(None, allow_none=True, config=True,
-                   help="Process limit of the sandbox (default: SandboxConfig's).")
-    image = Unicode(None, allow_none=True, config=True,
-                    help="Kernel image (default: the tag built from this package).")
-    sandbox_config = Dict(config=True,
-                          help="Any other SandboxConfig fields, e.g. {'execution_timeout_s': 600}."
-                               " Hardening settings are loosened only when named here.")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -164,34 +116,6 @@ class AgentBoxProvisioner(KernelProvisionerBase):
                    image=config.image or image_tag(),
                    labels=box_labels(self.session_id, self.run_dir, extra), engine=engine_call)
 
-    def _manager(self) -> KernelManager:
-        km = self.parent
-        if not isinstance(km, KernelManager):
-            raise RuntimeError("AgentBoxProvisioner must be created by a jupyter_client "
-                               "KernelManager")
-        return km
-
-    def _socket_paths(self) -> list[Path]:
-        assert self.run_dir is not None
-        return [self.run_dir / f"{SOCKET_PREFIX}-{port}" for port in PORTS.values()]
-
-    def _remove_sockets(self) -> None:
-        for path in self._socket_paths():
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-    def build_config(self, env: dict[str, str] | None = None) -> SandboxConfig:
-        """The SandboxConfig for this kernel: defaults, then the traits (validated)."""
-        values: dict[str, object] = dict(self.sandbox_config)
-        for name in ("memory_mb", "cpus", "pids", "image"):
-            value = getattr(self, name)
-            if value is not None:
-                values[name] = value
-        if env:
-            base = values.get("env")
-            values["env"] = {**(base if isinstance(base, dict) else {}), **env}
-        return make_config(values)
-
     # -- launch -----------------------------------------------------------------------
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         km = self._manager()
@@ -221,38 +145,14 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         else:  # a restart: the next container (if one is needed) takes the new settings
             self._box.config = config
         try:
-            if fresh:
-                # A new run dir: new socket paths and a fresh 256-bit key. (On a restart
-                # both stay, so clients already connected simply reconnect.)
-                if connection_file_written(km):
-                    km.cleanup_connection_file()
-                km.session.key = secrets.token_hex(32).encode()
-            km.transport = "ipc"
-            km.ip = str(self.run_dir / SOCKET_PREFIX)
-            for name, port in PORTS.items():
-                setattr(km, name, port)
-            session_name = full_env.get("JPY_SESSION_NAME")
-            if session_name is not None:
-                km.write_connection_file(jupyter_session=session_name)
-            else:
-                km.write_connection_file()
-            self.connection_info = km.get_connection_info()
-            self._write_container_connection_file(km, config)
+            self._wire_manager(km, config, fresh=fresh,
+                               session_name=full_env.get("JPY_SESSION_NAME"))
             kwargs["cmd"] = km.format_kernel_cmd(extra_arguments=extra_arguments)
         except BaseException:
             if fresh:
                 await self._teardown()
             raise
         return kwargs
-
-    def _write_container_connection_file(self, km: KernelManager, config: SandboxConfig) -> None:
-        """``kernel.json`` as the kernel sees it: same key and ports, container paths."""
-        assert self.run_dir is not None
-        key = km.session.key
-        info = connection_info(SOCKET_PREFIX, key.decode() if isinstance(key, bytes) else str(key),
-                               signature_scheme=km.session.signature_scheme,
-                               kernel_name=km.kernel_name or KERNEL_NAME)
-        write_connection_file(self.run_dir / CONNECTION_FILE, info, config.uid, config.gid)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the kernel (in place after a restart, else in a new container); return
@@ -475,16 +375,10 @@ class AgentBoxProvisioner(KernelProvisionerBase):
     # -- persistence ----------------------------------------------------------------------
     async def get_provisioner_info(self) -> dict[str, Any]:
         info: dict[str, Any] = await super().get_provisioner_info()
-        box = self._box
-        key = box.init.key if box is not None else None
         info.update({
             "session_id": self.session_id,
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
-            "container_id": self.container_id,
-            "generation": self._generation,
-            "containers": box.containers if box is not None else 0,
-            # Host-side only (the provisioner info is kept by the host, never the box).
-            "init_key": key.hex() if key is not None else None,
+            **box_info(self._box),
             "sandbox_config": (self._config.model_dump(mode="json")
                                if self._config is not None else None),
         })
@@ -500,13 +394,8 @@ class AgentBoxProvisioner(KernelProvisionerBase):
         self._box = None
         if self.run_dir is None or self.session_id is None:
             return
-        box = self._box = self._make_box(self._config or make_config({}))
-        container = provisioner_info.get("container_id")
-        box.container_id = box.init.container_id = container if isinstance(container, str) else None
-        box.init_generation = int(provisioner_info.get("generation") or 0)
-        box.containers = int(provisioner_info.get("containers") or 0)
-        init_key = provisioner_info.get("init_key")
-        box.init.key = bytes.fromhex(init_key) if isinstance(init_key, str) else None
+        self._box = self._make_box(self._config or make_config({}))
+        restore_box(self._box, provisioner_info)
 
     def get_stable_start_time(self, recommended: float = 10.0) -> float:
         if self._config is not None:
