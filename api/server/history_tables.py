@@ -78,7 +78,12 @@ def _stored_chars() -> Any:
 
 # The statements of the execution write, built once: it runs before every execute is
 # answered, and building a statement (and its cache key) costs more than running it.
-_KEY_OF = select(sessions.c.key_id).where(sessions.c.id == bindparam("b_session"))
+# The session's key and what that key's history holds, in one statement (None: not yet
+# counted, see HistoryStore._key_usage).
+_KEY_OF = (select(sessions.c.key_id, history_usage.c.chars)
+           .select_from(sessions.outerjoin(history_usage,
+                                           history_usage.c.key_id == sessions.c.key_id))
+           .where(sessions.c.id == bindparam("b_session")))
 _USAGE = select(history_usage.c.chars).where(history_usage.c.key_id == bindparam("b_key"))
 _ADD_USAGE = (update(history_usage).where(history_usage.c.key_id == bindparam("b_key"))
               .values(chars=history_usage.c.chars + bindparam("b_size")))

@@ -137,10 +137,11 @@ class HistoryStore:
                           text: str) -> tuple[str, dict[str, Any], list[str]]:
         """The row itself if the key's history has room for it, else a stub; the key's
         count goes up by what is written."""
-        key_id = conn.execute(_KEY_OF, {"b_session": session_id}).scalar()
-        if key_id is None:  # a session this store never saw: nobody to count against
+        found = conn.execute(_KEY_OF, {"b_session": session_id}).first()
+        if found is None:  # a session this store never saw: nobody to count against
             return code, result, []
-        used = self._key_usage(conn, key_id)
+        key_id, used = found
+        used = self._key_usage(conn, key_id) if used is None else int(used)
         size = _row_chars(code, text)
         notes: list[str] = []
         if used + size > self.max_key_bytes:
