@@ -62,7 +62,7 @@ def build(engine: Engine, session_id: str, meta: dict[str, Any], max_bytes: int,
 
 
 def _engine(url: str) -> Engine:
-    from api.server.store import _sqlite_pragmas
+    from api.server.history_tables import _sqlite_pragmas
 
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":

@@ -15,7 +15,6 @@ caller. Sizes are counted in characters, as the databases' ``length()`` does.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
@@ -25,189 +24,42 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    bindparam,
-    cast,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Text, cast, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from api.server.history_caps import (
+    MAX_EXECUTION_BYTES,
+    MAX_KEY_BYTES,
+    STUB_CODE,
+    STUB_MAX,
+    STUB_NOTE,
+    STUB_NOTES,
+    MiB,
+    _row_chars,
+    fit_execution,
+    stub_execution,
+)
+from api.server.history_tables import (
+    _ADD_USAGE,
+    _INSERT_EXECUTION,
+    _KEY_OF,
+    _NEXT_SEQ,
+    _USAGE,
+    _sqlite_pragmas,
+    _stored_chars,
+    executions,
+    history_usage,
+    metadata,
+    servers,
+    sessions,
+)
 from sandbox.utils import pid_alive
 
-metadata = MetaData()
-
-sessions = Table(
-    "sessions", metadata,
-    Column("id", String(64), primary_key=True),
-    Column("key_id", String(64), nullable=False, index=True),
-    Column("created_at", Float, nullable=False),
-    Column("closed_at", Float, nullable=True),
-    Column("limits", JSON, nullable=False),
-    Column("metadata", JSON, nullable=False),
-    Column("one_shot", Integer, nullable=False, default=0),
-    Column("server_id", String(64), nullable=True, index=True),
-)
-
-# API processes sharing the database; a session whose server stopped beating is closed.
-servers = Table(
-    "servers", metadata,
-    Column("id", String(64), primary_key=True),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("started_at", Float, nullable=False),
-    Column("last_seen", Float, nullable=False),
-)
-
-executions = Table(
-    "executions", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("session_id", String(64), nullable=False, index=True),
-    Column("seq", Integer, nullable=False),
-    Column("code", Text, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("execution_count", Integer, nullable=True),
-    Column("result", JSON, nullable=False),
-    Column("started_at", Float, nullable=False),
-    Column("duration_ms", Float, nullable=False),
-    UniqueConstraint("session_id", "seq", name="uq_executions_session_seq"),
-)
-
-# Characters of history each key holds (code + result JSON of its executions), kept in
-# step with every write and purge in the same transaction; counted from the rows the
-# first time a key writes (a database from before this table starts right).
-history_usage = Table(
-    "history_usage", metadata,
-    Column("key_id", String(64), primary_key=True),
-    Column("chars", BigInteger, nullable=False),
-)
-
-MiB = 1024 * 1024
-MAX_EXECUTION_BYTES = 16 * MiB
-MAX_KEY_BYTES = 1024 * MiB
-STUB_CODE = 1000  # characters of code a stub keeps
-STUB_NOTES, STUB_NOTE = 10, 500  # notes a stub keeps, and characters of each
-STUB_MAX = 8 * 1024  # what a stub holds at most (code, notes, fields and JSON)
-
-
-def _row_chars(code: str, text: str) -> int:
-    return len(code) + len(text)
-
-
-def _stored_chars() -> Any:
-    """The SQL for a row's size, the way _row_chars counts it."""
-    return func.length(executions.c.code) + func.length(cast(executions.c.result, Text))
-
-
-# The statements of the execution write, built once: it runs before every execute is
-# answered, and building a statement (and its cache key) costs more than running it.
-_KEY_OF = select(sessions.c.key_id).where(sessions.c.id == bindparam("b_session"))
-_USAGE = select(history_usage.c.chars).where(history_usage.c.key_id == bindparam("b_key"))
-_ADD_USAGE = (update(history_usage).where(history_usage.c.key_id == bindparam("b_key"))
-              .values(chars=history_usage.c.chars + bindparam("b_size")))
-_NEXT_SEQ = (select(func.coalesce(func.max(executions.c.seq), 0))
-             .where(executions.c.session_id == bindparam("b_session")))
-_INSERT_EXECUTION = insert(executions)
-
-
-def _note(result: dict[str, Any], note: str) -> None:
-    result["notes"] = [*list(result.get("notes") or []), note]
-    result["truncated"] = True
-
-
-def fit_execution(code: str, result: dict[str, Any], max_chars: int
-                  ) -> tuple[str, dict[str, Any], str, list[str]]:
-    """The (code, result, result JSON) to store within *max_chars*, and what was cut.
-
-    First the fields that repeat the outputs (stdout, stderr, the error's traceback:
-    ExecutionResult.from_dict rebuilds them from the outputs), then outputs from the
-    end, then the code's tail. Exact: the returned row is never over *max_chars*."""
-    text = json.dumps(result)
-    if _row_chars(code, text) <= max_chars:
-        return code, result, text, []
-    said: list[str] = []
-    slim = dict(result)
-    slim["stdout"], slim["stderr"] = "", ""
-    if isinstance(slim.get("error"), dict):
-        slim["error"] = {**slim["error"], "traceback": []}
-    note = (f"history: this row is capped at {max_chars} characters; the stdout, stderr "
-            "and error fields are not stored (they repeat the outputs)")
-    _note(slim, note)
-    said.append(note)
-    outputs = list(slim.get("outputs") or [])
-    slim["outputs"] = []
-    base = len(json.dumps(slim)) + 400  # + the note below
-    if len(code) + base > max_chars:  # the code alone is too long (a small cap)
-        keep = max(0, max_chars - base - 100)
-        code = code[:keep] + f"\n# [history: {len(code) - keep} characters of code not stored]"
-    room = max_chars - len(code) - base
-    kept: list[Any] = []
-    for out in outputs:
-        size = len(json.dumps(out)) + 2
-        if size > room:
-            break
-        kept.append(out)
-        room -= size
-    slim["outputs"] = kept
-    if len(kept) < len(outputs):
-        note = (f"history: {len(outputs) - len(kept)} of {len(outputs)} outputs not stored, "
-                f"over the per-execution history limit of {max_chars} characters")
-        _note(slim, note)
-        said.append(note)
-    text = json.dumps(slim)
-    if _row_chars(code, text) > max_chars:  # cannot happen (base has room for the note)
-        code, slim, text = stub_execution(code, slim, said[-1])
-    return code, slim, text, said
-
-
-def stub_execution(code: str, result: dict[str, Any], note: str
-                   ) -> tuple[str, dict[str, Any], str]:
-    """What is stored once a key's history is full: the cell ran, so it is recorded,
-    in at most STUB_MAX characters (the history's note first, then what fits)."""
-    if len(code) > STUB_CODE:
-        code = code[:STUB_CODE] + f"\n# [history: {len(code) - STUB_CODE} more " \
-                                  "characters of code not stored]"
-    error = result.get("error")
-    count = result.get("execution_count")
-    duration = result.get("duration_ms")
-    stub: dict[str, Any] = {
-        "status": str(result.get("status", "ok"))[:16],
-        "execution_count": count if isinstance(count, int) else None,
-        "outputs": [], "stdout": "", "stderr": "",
-        "error": {"ename": str(error.get("ename", ""))[:200],
-                  "evalue": str(error.get("evalue", ""))[:500], "traceback": []}
-        if isinstance(error, dict) else None,
-        "duration_ms": float(duration) if isinstance(duration, int | float) else 0.0,
-        "truncated": True, "timeout": None, "death": None,
-        "kernel_restarted": bool(result.get("kernel_restarted", False)),
-        "notes": [note[:STUB_NOTE]] + [str(n)[:STUB_NOTE] for n in
-                                       list(result.get("notes") or [])[:STUB_NOTES]],
-    }
-    text = json.dumps(stub)
-    # JSON escapes can make a short text long: drop notes, then the error, until it fits.
-    while _row_chars(code, text) > STUB_MAX and len(stub["notes"]) > 1:
-        stub["notes"].pop()
-        text = json.dumps(stub)
-    if _row_chars(code, text) > STUB_MAX:
-        stub["error"] = None
-        text = json.dumps(stub)
-    return code, stub, text
+__all__ = ["EXPORT_CODE_PREFIX", "MAX_EXECUTION_BYTES", "MAX_KEY_BYTES", "STUB_CODE", "STUB_MAX",
+           "STUB_NOTE", "STUB_NOTES", "HistoryStore", "MiB", "executions", "export_rows",
+           "fit_execution", "history_usage", "metadata", "servers", "sessions",
+           "stub_execution"]
 
 
 class HistoryStore:
@@ -285,10 +137,11 @@ class HistoryStore:
                           text: str) -> tuple[str, dict[str, Any], list[str]]:
         """The row itself if the key's history has room for it, else a stub; the key's
         count goes up by what is written."""
-        key_id = conn.execute(_KEY_OF, {"b_session": session_id}).scalar()
-        if key_id is None:  # a session this store never saw: nobody to count against
+        found = conn.execute(_KEY_OF, {"b_session": session_id}).first()
+        if found is None:  # a session this store never saw: nobody to count against
             return code, result, []
-        used = self._key_usage(conn, key_id)
+        key_id, used = found
+        used = self._key_usage(conn, key_id) if used is None else int(used)
         size = _row_chars(code, text)
         notes: list[str] = []
         if used + size > self.max_key_bytes:
@@ -448,11 +301,3 @@ def export_rows(engine: Engine, session_id: str, max_chars: int
             code = conn.execute(select(func.substr(executions.c.code, 1, EXPORT_CODE_PREFIX))
                                 .where(executions.c.id == row["id"])).scalar_one()
             yield {**row, "code": code}, None
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
