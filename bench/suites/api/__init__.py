@@ -1,8 +1,8 @@
 """HTTP API: what it adds per call, beside the library call in the same run.
 
-The real service (``api.server.serve.server_for``, uvicorn with its own event loop in a thread
-of this process) is driven by one keep-alive ``httpx.Client``; the library runs in the
-main thread's asyncio loop. Both sides alternate in blocks: the figures that matter are
+The real service (``agentbox serve`` in a process of its own, as users run it) is driven
+by one keep-alive ``httpx.Client``; the library runs in the main thread's asyncio loop.
+Both sides alternate in blocks: the figures that matter are
 the **added milliseconds** and ratios against the library call measured next to it.
 
 1. Session create: ``POST /v1/sessions`` (cold: ``pool_size=0``) against

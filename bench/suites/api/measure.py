@@ -28,7 +28,7 @@ from bench.harness.run import progress_display
 from bench.harness.stats import delta_ci
 from bench.suites.api import EXECUTE_GROUPS, TARGET_MS, Plan
 from bench.suites.api.render import api_headlines
-from bench.suites.api.service import ApiServer, Http, history_rows, production_logging
+from bench.suites.api.service import ApiServer, Http, history_rows
 from sandbox import AsyncSession, ManagerConfig, SessionManager
 
 Side = Callable[[], Awaitable[float | None]]
@@ -45,7 +45,7 @@ async def lib_execute(session: Any, code: str) -> float:
 
 
 async def blocking(fn: Callable[..., float], *args: Any) -> float:
-    return fn(*args)  # blocking by design: the server has its own thread and loop
+    return fn(*args)  # blocking by design: the server is a process of its own
 
 
 class Bench:
@@ -279,7 +279,6 @@ def libraries() -> dict[str, str]:
 
 
 async def run(plan: Plan, console: Any) -> dict[str, Any]:
-    production_logging()
     clock = Clock()
     with tempfile.TemporaryDirectory(prefix="agentbox-bench-api-") as tmpdir, \
             progress_display(console) as progress:

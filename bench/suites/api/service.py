@@ -1,25 +1,23 @@
-"""The API side of the API suite: the real service in a thread, and the HTTP calls
-made to it (each timed from the request to the parsed answer)."""
+"""The API side of the API suite: the real service (``agentbox serve``, a process of its
+own), and the HTTP calls made to it (each timed from the request to the parsed answer)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
-import logging
+import os
+import signal
 import socket
 import sqlite3
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from api.server.middleware import JsonLines
-from api.server.serve import server_for
-from api.server.settings import Settings
 from bench.harness.cells import check_api
 from bench.harness.errors import BenchError
 
@@ -31,37 +29,66 @@ def free_port() -> int:
 
 
 class ApiServer:
-    """``server_for(Settings(...))`` run by uvicorn in a daemon thread with its own loop."""
+    """``agentbox serve`` in a process of its own, as a user runs it (production logging,
+    its own interpreter: the client's work here does not compete with it for a GIL)."""
 
     def __init__(self, data_dir: Path, pool_size: int) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        # Explicit empty keys and database: AGENTBOX_* variables must not change the setup.
-        self.settings = Settings(data_dir=data_dir, port=self.port, pool_size=pool_size,
-                                 api_keys="", api_keys_file=None, database_url=None)
-        self.server = server_for(self.settings, log_level="warning")
-        self.thread = threading.Thread(target=self.server.run, daemon=True,
-                                       name=f"agentbox-api-{self.port}")
+        self.pool_size = pool_size
         self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def _env(self) -> dict[str, str]:
+        # No AGENTBOX_* variable of the caller's may change the setup: no keys (loopback),
+        # the default SQLite history under data_dir.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBOX_")}
+        env.update(AGENTBOX_DATA_DIR=str(self.data_dir), AGENTBOX_PORT=str(self.port),
+                   AGENTBOX_POOL_SIZE=str(self.pool_size), AGENTBOX_API_KEYS="")
+        return env
 
     async def start(self, timeout: float = 60.0) -> None:
-        self.thread.start()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        exe = Path(sys.executable).with_name("agentbox")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; waited on below
+                [str(exe), "serve"], env=self._env(), stdout=log, stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise BenchError("the API server stopped during start-up (see its log above)")
-            if time.monotonic() > end:
-                raise BenchError(f"the API server did not start in {timeout:.0f}s")
-            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise BenchError(f"the API server exited ({self.proc.returncode}) during "
+                                     f"start-up: {self._tail()}")
+                if time.monotonic() > end:
+                    raise BenchError(f"the API server did not start in {timeout:.0f}s: {self._tail()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{self.base}/healthz")).status_code in (200, 503):
+                        return
+                await asyncio.sleep(0.05)
+
+    def _tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")[-1500:]
+        return "(no log)"
 
     async def stop(self, timeout: float = 60.0) -> None:
-        """uvicorn's shutdown, then the lifespan: every session closed, history flushed."""
-        if not self.thread.is_alive():
+        """SIGTERM: uvicorn's shutdown, then the lifespan (every session closed, history
+        flushed); exit 0 is a clean stop."""
+        if self.proc is None or self.proc.poll() is not None:
             return
-        self.server.should_exit = True
-        await asyncio.to_thread(self.thread.join, timeout)
-        if self.thread.is_alive():
-            raise BenchError(f"the API server did not stop in {timeout:.0f}s")
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(self.proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait, 10)
+            raise BenchError(f"the API server did not stop in {timeout:.0f}s") from None
+        if code != 0:
+            raise BenchError(f"the API server stopped with exit code {code}: {self._tail()}")
 
     @property
     def history_db(self) -> Path:
@@ -171,19 +198,3 @@ class Http:
 def history_rows(db: Path) -> int:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return int(conn.execute("SELECT count(*) FROM executions").fetchone()[0])
-
-
-def production_logging() -> None:
-    """As ``agentbox serve`` does: INFO, one JSON line per request and per execution (here
-    to an in-memory sink, so the formatting is paid and the terminal stays quiet)."""
-    handler = logging.StreamHandler(_Sink())
-    handler.setFormatter(JsonLines())
-    logger = logging.getLogger("agentbox.api")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    logger.propagate = False
-
-
-class _Sink(io.TextIOBase):
-    def write(self, s: str) -> int:
-        return len(s)
