@@ -208,8 +208,7 @@ class AsyncSession(SessionFiles):
 
     async def _launch(self, deadline: float, *, replace: bool = False) -> None:
         """A container (in place of the old one if *replace*: files lost) and its kernel."""
-        container_s, kernel_s = await self._slot.launch(deadline, replace=replace)
-        self.phases["container_start"], self.phases["kernel_ready"] = container_s, kernel_s
+        await self._slot.launch(deadline, self.phases, replace=replace)
         self._death = None
 
     def _died(self, death: KernelDeath) -> None:

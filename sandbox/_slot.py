@@ -43,9 +43,12 @@ class KernelSlot:
         self.generation += 1
         return write_endpoint(self.run_dir, self.generation, self.config.uid, self.config.gid)
 
-    async def launch(self, deadline: float, *, replace: bool = False) -> tuple[float, float]:
+    async def launch(self, deadline: float, phases: dict[str, float], *,
+                     replace: bool = False) -> None:
         """A box (in place of the old one if *replace*: files lost) and its kernel, by
-        *deadline*; how long the container and then the kernel took to start."""
+        *deadline*. How long the container took goes into *phases* as soon as it is up
+        (``container_start``: a start that fails later failed in the kernel's phase), then
+        the kernel's (``kernel_ready``)."""
         t0 = time.monotonic()
         endpoints: list[KernelEndpoint] = []
 
@@ -63,8 +66,9 @@ class KernelSlot:
         else:
             await self.box.launch(prepare())
         t1 = time.monotonic()
+        phases["container_start"] = t1 - t0
         await self._attach(endpoints[-1], deadline)
-        return t1 - t0, time.monotonic() - t1
+        phases["kernel_ready"] = time.monotonic() - t1
 
     async def restart_in_place(self, deadline: float) -> None:
         """Kill everything in the box and start a fresh kernel there (files kept).
