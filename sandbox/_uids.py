@@ -40,21 +40,28 @@ _warned = False
 
 
 class UidLease:
-    """One uid held by this process until :meth:`release` (idempotent)."""
+    """One uid held by this process until :meth:`release` (idempotent).
+
+    :meth:`release` takes no lock: it also runs from a session's ``weakref.finalize``,
+    which the garbage collector may call in any thread at any allocation, including
+    one inside :func:`lease_uid`'s search while that thread holds ``_lock`` (a
+    non-reentrant lock taken there deadlocked the thread). ``list.pop`` is atomic, so
+    the descriptor is closed exactly once."""
 
     def __init__(self, uid: int, fd: int) -> None:
         self.uid = uid
-        self._fd: int | None = fd
+        self._fd = [fd]
 
     def release(self) -> None:
-        with _lock:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # drops the flock
+        try:
+            fd = self._fd.pop()
+        except IndexError:
+            return  # released already
+        os.close(fd)  # drops the flock
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return bool(self._fd)
 
 
 def _try(uid: int) -> int | None:
