@@ -567,8 +567,12 @@ def test_uvicorn_internals_the_guard_relies_on(tmp_path: Path) -> None:
     assert repr(_compat.ACCEPT_OUT_OF_RESOURCES) in accept or \
         f"'{_compat.ACCEPT_OUT_OF_RESOURCES}'" in accept
 
-    # GracefulServer forgets the signals uvicorn would re-raise after its shutdown.
-    assert "self._captured_signals.append(sig)" in inspect.getsource(uvicorn.Server.handle_exit)
+    # GracefulServer forgets the signals uvicorn would re-raise after its shutdown. Read
+    # from uvicorn's own module: sse_starlette (which mcp imports) replaces
+    # Server.handle_exit with a wrapper of its own when it is imported, so in a process
+    # that imported it (an earlier test) the class attribute is not uvicorn's code.
+    server_source = inspect.getsource(sys.modules[uvicorn.Server.__module__])
+    assert "self._captured_signals.append(sig)" in server_source
     assert "self._captured_signals" in inspect.getsource(uvicorn.Server.capture_signals)
 
     # The server `agentbox serve` runs is built by server_for, with the guard in it.
