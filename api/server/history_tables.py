@@ -62,6 +62,10 @@ executions = Table(
     UniqueConstraint("session_id", "seq", name="uq_executions_session_seq"),
 )
 
+# The columns an execution write fills (id is the database's).
+EXECUTION_COLUMNS = ("session_id", "seq", "code", "status", "execution_count", "result",
+                     "started_at", "duration_ms")
+
 # Characters of history each key holds (code + result JSON of its executions), kept in
 # step with every write and purge in the same transaction; counted from the rows the
 # first time a key writes (a database from before this table starts right).

@@ -1,8 +1,10 @@
 """Durable history: sessions and every execution, kept by the host, outside the box.
 
 SQLite (WAL) in the data directory by default; any SQLAlchemy URL (PostgreSQL for
-several API processes) otherwise. Writes happen before the HTTP response returns,
-in a worker thread, so the event loop never blocks on the database.
+several API processes) otherwise. Writes happen before the HTTP response returns, in
+a worker thread, so the event loop never waits on the database; the one exception is
+a small execution row on SQLite, written on the loop without waiting for any lock
+(api/server/history_inline.py).
 
 What is written is bounded, since every output in it comes from a box: one
 execution's row holds at most ``max_execution_bytes`` (characters of code and
@@ -15,6 +17,8 @@ caller. Sizes are counted in characters, as the databases' ``length()`` does.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import random
 import socket
@@ -40,6 +44,7 @@ from api.server.history_caps import (
     fit_execution,
     stub_execution,
 )
+from api.server.history_inline import INLINE_MAX, InlineWriter, small
 from api.server.history_tables import (
     _ADD_USAGE,
     _INSERT_EXECUTION,
@@ -55,6 +60,8 @@ from api.server.history_tables import (
     sessions,
 )
 from sandbox.utils import pid_alive
+
+log = logging.getLogger("agentbox.api")
 
 __all__ = ["EXPORT_CODE_PREFIX", "MAX_EXECUTION_BYTES", "MAX_KEY_BYTES", "STUB_CODE", "STUB_MAX",
            "STUB_NOTE", "STUB_NOTES", "HistoryStore", "MiB", "executions", "export_rows",
@@ -77,6 +84,8 @@ class HistoryStore:
         self.engine: Engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.inline = InlineWriter(self.engine) if InlineWriter.usable(self.engine) else None
+        self._checkpointing: asyncio.Task[int] | None = None
         for attempt in range(6):
             try:
                 metadata.create_all(self.engine)
@@ -87,6 +96,8 @@ class HistoryStore:
                 time.sleep(0.05 + random.random() * 0.2)  # noqa: S311 - jitter, not crypto
 
     def close(self) -> None:
+        if self.inline is not None:
+            self.inline.close()
         self.engine.dispose()
 
     # -- writes ----------------------------------------------------------------------
@@ -142,18 +153,23 @@ class HistoryStore:
             return code, result, []
         key_id, used = found
         used = self._key_usage(conn, key_id) if used is None else int(used)
-        size = _row_chars(code, text)
-        notes: list[str] = []
-        if used + size > self.max_key_bytes:
-            note = (f"history: this key's history is full ({used} of its {self.max_key_bytes}"
-                    " characters): only the start of the code, the status and the notes of "
-                    "this execution are stored; closed sessions free it when their retention "
-                    "ends")
-            code, result, text = stub_execution(code, result, note)
-            size = _row_chars(code, text)
-            notes.append(note)
+        code, result, text, size, notes = self._quota(used, code, result, text)
         conn.execute(_ADD_USAGE, {"b_key": key_id, "b_size": size})
         return code, result, notes
+
+    def _quota(self, used: int, code: str, result: dict[str, Any], text: str
+               ) -> tuple[str, dict[str, Any], str, int, list[str]]:
+        """What a key that holds *used* characters stores of this row, its size, and
+        the note when that is a stub (both writes, the thread's and the loop's)."""
+        size = _row_chars(code, text)
+        if used + size <= self.max_key_bytes:
+            return code, result, text, size, []
+        note = (f"history: this key's history is full ({used} of its {self.max_key_bytes}"
+                " characters): only the start of the code, the status and the notes of "
+                "this execution are stored; closed sessions free it when their retention "
+                "ends")
+        code, result, text = stub_execution(code, result, note)
+        return code, result, text, _row_chars(code, text), [note]
 
     @staticmethod
     def _key_usage(conn: Any, key_id: str) -> int:
@@ -170,10 +186,51 @@ class HistoryStore:
 
     async def add_execution(self, session_id: str, code: str, result: dict[str, Any],
                             started_at: float, said: list[str] | None = None) -> int:
-        """Record one execution; what the history's caps cut is appended to *said*."""
+        """Record one execution; what the history's caps cut is appended to *said*.
+        A small row on SQLite is written on the loop (api/server/history_inline.py),
+        anything else in a worker thread."""
+        if self.inline is not None and small(code, result, INLINE_MAX):
+            while self._checkpointing is not None:  # the WAL starts over after it
+                await asyncio.wait([self._checkpointing])
+            if self.inline.checkpoint_due():
+                # This row, then the checkpoint, in a worker thread; the loop's other
+                # writes wait for both, so the next write finds the WAL all copied back
+                # and starts it over (checkpoints that always race a writer never do).
+                task = asyncio.get_running_loop().create_task(
+                    anyio.to_thread.run_sync(self._add_and_checkpoint, session_id, code,
+                                             result, started_at, said),
+                    name="agentbox-history-checkpoint")
+                self._checkpointing = task
+                task.add_done_callback(self._checkpoint_done)
+                return await asyncio.shield(task)
+            fitted, row, text, cut = fit_execution(code, result, self.max_execution_bytes)
+            done = self.inline.write(session_id, fitted, row, text, started_at, self._quota)
+            if done is not None:
+                if said is not None:
+                    said.extend(cut + done[1])
+                return done[0]
         seq: int = await anyio.to_thread.run_sync(self._add_execution, session_id, code,
                                                   result, started_at, said)
         return seq
+
+    def _checkpoint_done(self, task: asyncio.Task[int]) -> None:
+        if self._checkpointing is task:
+            self._checkpointing = None
+
+    def _add_and_checkpoint(self, session_id: str, code: str, result: dict[str, Any],
+                            started_at: float, said: list[str] | None) -> int:
+        seq = self._add_execution(session_id, code, result, started_at, said)
+        try:
+            self._checkpoint()
+        except DBAPIError:  # the next one tries again; the WAL is only longer meanwhile
+            log.warning("history checkpoint failed", exc_info=True)
+        return seq
+
+    def _checkpoint(self) -> None:
+        """What the loop's connection leaves undone: the WAL copied back into the
+        database (passive: it waits for no reader and no writer)."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def key_usage(self, key_id: str) -> int:
         """Characters of history *key_id* holds (0 for a key that never wrote)."""
