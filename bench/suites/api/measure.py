@@ -158,7 +158,7 @@ class Bench:
 
     # 4. the history write alone ----------------------------------------------------------------
     async def bench_history(self) -> None:
-        """``HistoryStore.add_execution`` (SQLite WAL, worker thread) with the result bodies
+        """``HistoryStore.add_execution`` (SQLite WAL, on the loop for small rows) with the result bodies
         the API returned: what every API execute pays before it answers."""
         r, g, last = self.rec, "history", self.http.last_body
         shapes = [("trivial", TRIVIAL, "history write alone: 1+1 result"),

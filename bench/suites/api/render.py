@@ -34,8 +34,9 @@ GROUPS = [
      "A 600×400 line plot shown inline (`plt.show()`): one `display_data` with a ~27 kB PNG "
      "(base64 in the JSON), the same three ways, after warm-up runs."),
     ("history", "3. The history write alone",
-     "Every API execute writes its result as a row to SQLite (WAL, `synchronous=NORMAL`, in a "
-     "worker thread) *before* it answers; that write is part of the added time above. Here it "
+     "Every API execute writes its result as a row to SQLite (WAL, `synchronous=NORMAL`; a "
+     "small row on the loop, a large one in a worker thread: api/server/history_inline.py) "
+     "*before* it answers; that write is part of the added time above. Here it "
      "is timed alone: `HistoryStore.add_execution` with the result bodies the API returned, "
      "on a separate database file, in the main loop."),
     ("create", "4. Session create and delete",
@@ -95,8 +96,8 @@ def _target(data: dict[str, Any]) -> list[str]:
                   f"{added:.2f} ms added to a `1+1` (JSON), an HTTP round trip with no kernel "
                   f"(`GET /v1/sessions/{{id}}`) takes {f_ms:.2f} ms and the SQLite history write "
                   f"alone {w_ms:.2f} ms; the rest, ~{added - f_ms - w_ms:.2f} ms, is the other work "
-                  "of the execute path (validation, the result to JSON and back, log lines, "
-                  "hops to the database thread) and any difference between the two sessions' "
+                  "of the execute path (routing and validation, the result to JSON and back, "
+                  "log lines, the response's writes) and any difference between the two sessions' "
                   "containers.", ""]
     return lines
 
