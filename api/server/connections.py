@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import h11
 
 from api.server._compat import ACCEPT_OUT_OF_RESOURCES, ProtocolBase, cut_request
+from api.server.coalesce import CoalescingTransport
 
 log = logging.getLogger("agentbox.api.connections")
 
@@ -169,7 +170,8 @@ class GuardedH11Protocol(ProtocolBase):
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # The response's head and body in one send (api/server/coalesce.py).
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._client_key = client_key(self.client)
         refusal = self.guard.admit(self._client_key)
         if refusal is not None:
