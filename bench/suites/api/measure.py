@@ -130,6 +130,10 @@ class Bench:
             r.compare(key, f"{label}: API SSE vs library", f"api.sse.{key}", f"lib.{key}")
         r.define("api.get", "trivial", "GET /v1/sessions/{id} (HTTP floor)",
                  "no kernel: uvicorn + FastAPI + httpx, JSON body")
+        r.define("api.raw.trivial", "trivial", "1+1: API, JSON, stdlib http.client",
+                 "the JSON execute from http.client instead of httpx")
+        r.compare("trivial", "1+1: API JSON (http.client) vs library", "api.raw.trivial",
+                  "lib.trivial")
 
     async def bench_execute(self, server: ApiServer) -> None:
         p, http = self.plan, self.http
@@ -147,11 +151,13 @@ class Bench:
                     }
                     if key == "trivial":
                         sides["api.get"] = lambda: blocking(http.get, server, sid)
+                        sides["api.raw.trivial"] = partial(blocking, http.execute_raw, server,
+                                                           sid, code)
                     for _ in range(p.warmup):
                         for side in sides.values():
                             await side()
                     names = "API JSON · API SSE · library" + (
-                        " · HTTP floor" if key == "trivial" else "")
+                        " · HTTP floor · http.client" if key == "trivial" else "")
                     await self.blocks(sides, n, f"{label} ({names})")
         finally:
             http.delete(server, sid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -105,6 +106,7 @@ class Http:
         self.executes = 0
         self.outputs = outputs  # code -> bytes received, events
         self.last_body: dict[str, dict[str, Any]] = {}
+        self.raw: dict[int, http.client.HTTPConnection] = {}  # server port -> keep-alive
 
     def _saw(self, response: Any) -> None:
         stream = response.extensions.get("network_stream")
@@ -114,6 +116,27 @@ class Http:
 
     def close(self) -> None:
         self.client.close()
+        for conn in self.raw.values():
+            conn.close()
+
+    def execute_raw(self, server: ApiServer, sid: str, code: str) -> float:
+        """The same execute through the standard library's ``http.client`` (one keep-alive
+        connection, the request in one send): the HTTP client's own share of the time."""
+        conn = self.raw.get(server.port)
+        if conn is None:
+            conn = self.raw[server.port] = http.client.HTTPConnection("127.0.0.1", server.port,
+                                                                      timeout=120)
+        payload = json.dumps({"code": code}).encode()
+        t0 = time.perf_counter()
+        conn.request("POST", f"/v1/sessions/{sid}/execute", body=payload,
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        elapsed = time.perf_counter() - t0
+        if response.status != 200:
+            raise BenchError(f"execute (http.client) answered {response.status}: {body}")
+        check_api(code, body)
+        return elapsed
 
     def create(self, server: ApiServer) -> tuple[float, dict[str, Any]]:
         t0 = time.perf_counter()
