@@ -10,7 +10,9 @@ other); the same statements through the ``sqlite3`` module on the loop cost abou
 * the write lock is taken with ``BEGIN IMMEDIATE`` and ``busy_timeout`` 0, so a database
   another writer holds is never waited for here;
 * no checkpoint on the loop (``wal_autocheckpoint`` 0 on this connection): every
-  ``CHECKPOINT_EVERY`` rows, HistoryStore runs a passive checkpoint in a worker thread.
+  ``CHECKPOINT_EVERY`` rows, HistoryStore writes that row and runs a passive checkpoint
+  in a worker thread while the loop's other history writes wait (not the loop), so the
+  next write finds the WAL copied back and starts it over.
 
 Anything else (another database, a key whose usage was never counted, a busy database,
 a clash of numbers) is left to the SQLAlchemy write in a worker thread, which waits and
