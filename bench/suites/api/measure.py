@@ -20,12 +20,13 @@ import uvicorn
 from api.server.store import HistoryStore
 from bench.harness import machine
 from bench.harness.cells import DATAFRAME, MATPLOTLIB, TRIVIAL, check_lib
-from bench.harness.engine import agentbox_containers, check_image, docker_client, image_tag
+from bench.harness.engine import agentbox_containers, check_image
 from bench.harness.errors import BenchError
 from bench.harness.interleave import alternating, interleave, shuffled
 from bench.harness.recorder import Clock, Recorder, header
 from bench.harness.run import progress_display
 from bench.harness.stats import delta_ci
+from bench.harness.suite import Suite, pool_turn
 from bench.suites.api import EXECUTE_GROUPS, TARGET_MS, Plan
 from bench.suites.api.render import api_headlines
 from bench.suites.api.service import ApiServer, Http, history_rows
@@ -48,27 +49,20 @@ async def blocking(fn: Callable[..., float], *args: Any) -> float:
     return fn(*args)  # blocking by design: the server is a process of its own
 
 
-class Bench:
+class Bench(Suite):
     def __init__(self, plan: Plan, progress: Any, tmp: Path) -> None:
-        self.plan = plan
-        self.progress = progress
+        super().__init__(plan, progress)
+        self.plan: Plan = plan
         self.tmp = tmp
-        self.rec = Recorder()
-        self.docker = docker_client()
-        self.image = image_tag()
         self.extra: dict[str, Any] = {"outputs": {}, "pool_misses": {"api": 0, "library": 0}}
         self.http = Http(self.extra["outputs"])
-
-    def _task(self, description: str, total: int) -> Callable[[int], None]:
-        task = self.progress.add_task(description, total=total)
-        return lambda k: self.progress.advance(task, k)
 
     async def blocks(self, sides: dict[str, Side], n: int, description: str) -> None:
         """Blocks of each side in turn; the order of the sides changes every round (seeded
         shuffle of all permutations), so no side always runs first or after the same one."""
         await interleave(sides, n, block=self.plan.block,
                          orders=shuffled(list(sides), len(sides) * 1000 + n),
-                         record=self.rec.add, advance=self._task(description, len(sides) * n))
+                         record=self.rec.add, advance=self.task(description, len(sides) * n))
 
     async def pairs(self, api_side: Callable[[bool], Awaitable[None]],
                     lib_side: Callable[[bool], Awaitable[None]], n: int, description: str) -> None:
@@ -77,7 +71,7 @@ class Bench:
         await lib_side(False)
         sides: dict[str, Side] = {"api": lambda: api_side(True), "lib": lambda: lib_side(True)}
         await interleave(sides, n, block=1, orders=alternating(list(sides)),
-                         advance=self._task(description, 2 * n))
+                         advance=self.task(description, 2 * n))
 
     # 1. session create --------------------------------------------------------------------
     def define_create(self) -> None:
@@ -229,20 +223,12 @@ class Bench:
 
             async def lib_side(record: bool) -> None:
                 await both_full()
-                t0 = time.perf_counter()
-                s = await m.create()
-                acquired = time.perf_counter() - t0
-                try:
-                    result = await s.execute(TRIVIAL)
-                    ttfr = time.perf_counter() - t0
-                    check_lib(TRIVIAL, result)
-                finally:
-                    await m.close(s.id)
-                if not s.from_pool:
+                turn = await pool_turn(m)
+                if not turn.from_pool:
                     misses["library"] += 1
                 elif record:
-                    r.add("lib.pool.acquire", acquired)
-                    r.add("lib.pool.ttfr", ttfr)
+                    r.add("lib.pool.acquire", turn.acquired_s)
+                    r.add("lib.pool.ttfr", turn.ttfr_s)
 
             await self.pairs(api_side, lib_side, self.plan.pool,
                              "pool acquire, size 2 (API · library)")

@@ -26,11 +26,12 @@ from bench.harness.cells import (
     local_result_mimes,
     local_stdout,
 )
-from bench.harness.engine import agentbox_containers, check_image, docker_client, image_tag
+from bench.harness.engine import agentbox_containers, check_image
 from bench.harness.errors import BenchError
 from bench.harness.interleave import alternating, interleave, rotation
-from bench.harness.recorder import Clock, Recorder, header
+from bench.harness.recorder import Clock, header
 from bench.harness.run import progress_display
+from bench.harness.suite import Suite, pool_turn
 from bench.suites.core import CELL_GROUPS, TARGET_RATIO, Plan
 from bench.suites.core.render import core_headlines
 from sandbox import AsyncSession, ManagerConfig, SessionManager
@@ -43,18 +44,11 @@ CELLS = [  # key, code, label
 ]
 
 
-class Bench:
+class Bench(Suite):
     def __init__(self, plan: Plan, progress: Any) -> None:
-        self.plan = plan
-        self.progress = progress
-        self.rec = Recorder()
-        self.docker = docker_client()
-        self.image = image_tag()
+        super().__init__(plan, progress)
+        self.plan: Plan = plan
         self.extra: dict[str, Any] = {"versions": {}, "outputs": {}}
-
-    def _task(self, description: str, total: int) -> Callable[[int], None]:
-        task = self.progress.add_task(description, total=total)
-        return lambda k: self.progress.advance(task, k)
 
     # 1. cold start -----------------------------------------------------------------------
     async def cold_session(self) -> None:
@@ -116,7 +110,7 @@ class Bench:
         self.rec.clear()
         steps: dict[str, Callable[[], Awaitable[Any]]] = {
             "floor.docker_run": self.floor, "lib": self.cold_session, "local": self.local_start}
-        advance = self._task("cold start  (docker run · session · host kernel)",
+        advance = self.task("cold start  (docker run · session · host kernel)",
                              3 * self.plan.cold)
         # Rotate so no side always follows another.
         await interleave(steps, self.plan.cold, block=1, record=self.rec.add, advance=advance,
@@ -136,27 +130,18 @@ class Bench:
     async def bench_pool(self) -> None:
         self.define_pool()
         misses = 0
-        advance = self._task("pool acquire (size 2)", self.plan.pool)
+        advance = self.task("pool acquire (size 2)", self.plan.pool)
         async with SessionManager(ManagerConfig(pool_size=2)) as m:
             await wait_pool(m, 2)
             for _ in range(self.plan.pool):
-                t0 = time.perf_counter()
-                s = await m.create()
-                acquired = time.perf_counter() - t0
-                try:
-                    result = await s.execute(TRIVIAL)
-                    ttfr = time.perf_counter() - t0
-                    check_lib(TRIVIAL, result)
-                finally:
-                    t1 = time.perf_counter()
-                    await m.close(s.id)
-                if not s.from_pool:
+                turn = await pool_turn(m)
+                if not turn.from_pool:
                     misses += 1  # started cold: not a pool figure
                 else:
-                    self.rec.add("lib.pool.acquire", acquired)
-                    self.rec.add("lib.pool.ttfr", ttfr)
+                    self.rec.add("lib.pool.acquire", turn.acquired_s)
+                    self.rec.add("lib.pool.ttfr", turn.ttfr_s)
                 await wait_pool(m, 2)
-                self.rec.add("lib.pool.refill", time.perf_counter() - t1)
+                self.rec.add("lib.pool.refill", time.perf_counter() - turn.closing_at)
                 advance(1)
         self.extra["pool_misses"] = misses
 
@@ -189,7 +174,7 @@ class Bench:
                              f"local.rt.{key}": lambda c=code: local_cell(local, c)}
                     await interleave(sides, n, block=p.block, orders=alternating(list(sides)),
                                      record=self.rec.add,
-                                     advance=self._task(f"{label} (sandbox vs host kernel)", 2 * n))
+                                     advance=self.task(f"{label} (sandbox vs host kernel)", 2 * n))
                     self.extra["outputs"][key] = await describe_outputs(session, local, code)
             finally:
                 await local.shutdown()

@@ -12,10 +12,9 @@ from typing import Any
 from bench.harness import machine
 from bench.harness.baselines import LocalKernel
 from bench.harness.cells import TRIVIAL, check_lib
-from bench.harness.engine import docker_client, image_tag
 from bench.harness.errors import BenchError
 from bench.harness.interleave import alternating, interleave
-from bench.harness.recorder import Recorder
+from bench.harness.suite import Suite
 from bench.suites.scale import MiB, Plan
 from bench.suites.scale.hostmem import (
     cgroup_cpu_seconds,
@@ -29,23 +28,16 @@ from sandbox import AsyncSession, ManagerConfig, SandboxConfig, SessionManager, 
 from sandbox._runtime.base import LABEL_MANAGER, LABEL_OWNER_PID
 
 
-class Scale:
+class Scale(Suite):
     def __init__(self, plan: Plan, progress: Any) -> None:
-        self.plan = plan
-        self.progress = progress
-        self.rec = Recorder()
-        self.docker = docker_client()
-        self.image = image_tag()
+        super().__init__(plan, progress)
+        self.plan: Plan = plan
         self.t0 = time.perf_counter()
         self.open: set[Any] = set()  # every session started, until closed (cleanup)
         self.fleet: list[Any] = []  # idle sessions
         self.extra: dict[str, Any] = {"load": [], "bursts": [], "memory": {},
                                       "host_process": {}, "fleet_starts": [], "visits": [],
                                       "checks": {}}
-
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        task = self.progress.add_task(description, total=total)
-        return lambda k: self.progress.advance(task, k)
 
     def load(self, phase: str) -> None:
         self.extra["load"].append({"phase": phase, "at_s": round(time.perf_counter() - self.t0, 1),
