@@ -38,7 +38,7 @@ API_SERIES = [
     "api.create", "lib.create", "api.delete", "lib.close", "api.get",
     *[f"{kind}.{cell}" for kind in ("api.json", "api.sse", "lib", "store")
       for cell in ("trivial", "dataframe", "figure")],
-    "api.pool.acquire", "lib.pool.acquire", "api.pool.ttfr", "lib.pool.ttfr",
+    "api.pool.acquire", "lib.pool.acquire", "api.pool.ttfr", "lib.pool.ttfr", "api.raw.trivial",
 ]
 SCALE_FIXED = [
     "mem.idle.host", "mem.idle.usage", "mem.idle.anon", "mem.idle.shim", "mem.idle.docker_stats",
@@ -143,7 +143,8 @@ def test_api_quick(results: dict[str, Any]) -> None:
     data = finished(results, "api")
     check_common(data, API_SERIES)
     targets = [c for c in data["comparisons"] if "target_met" in c]
-    assert len(targets) == 6  # JSON and SSE, for 1+1, the DataFrame and the figure
+    # JSON and SSE, for 1+1, the DataFrame and the figure; and 1+1 from http.client
+    assert len(targets) == 7
     assert all(isinstance(c["target_met"], bool) for c in targets)
     assert data["checks"]["history_rows"] == data["checks"]["api_executes"]
     assert data["headlines"]

@@ -133,6 +133,7 @@ class Http:
         response = conn.getresponse()
         body = json.loads(response.read())
         elapsed = time.perf_counter() - t0
+        self.executes += 1
         if response.status != 200:
             raise BenchError(f"execute (http.client) answered {response.status}: {body}")
         check_api(code, body)
