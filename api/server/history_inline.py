@@ -112,10 +112,14 @@ class InlineWriter:
         me = threading.get_ident()
         if self._conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=0")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                conn.execute("PRAGMA busy_timeout=0")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+            except sqlite3.Error:
+                conn.close()
+                raise
             self._conn, self._thread = conn, me
         return self._conn if self._thread == me else None
 
@@ -123,7 +127,10 @@ class InlineWriter:
               started_at: float, quota: Quota) -> tuple[int, list[str]] | None:
         if len(code) + len(text) > INLINE_MAX:
             return None
-        conn = self._connection()
+        try:
+            conn = self._connection()
+        except sqlite3.Error:  # no connection of its own now: the worker thread writes
+            return None
         if conn is None:
             return None
         try:

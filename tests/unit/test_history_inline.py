@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from api.server.history_inline import CHECKPOINT_EVERY, INLINE_MAX, small
 from api.server.store import HistoryStore
 
@@ -108,6 +110,23 @@ async def test_the_wal_starts_over_instead_of_growing(tmp_path: Path) -> None:
         sizes.append(wal.stat().st_size)
     assert sizes[-1] <= 1.5 * sizes[1], sizes
     assert len(await store.history("s-1")) == 5 * CHECKPOINT_EVERY
+    store.close()
+
+
+async def test_without_a_connection_of_its_own_the_thread_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop cannot open its connection (a locked or unreadable file): every row
+    is still written, by the worker thread."""
+    def refuse() -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    store = HistoryStore(f"sqlite:///{tmp_path / 'h.sqlite3'}")
+    await store.add_session("s-1", "k-1", {}, {})
+    assert store.inline is not None
+    monkeypatch.setattr(store.inline, "_connection", refuse)
+    for i in range(1, 4):
+        assert await store.add_execution("s-1", f"c{i}", result(i), time.time()) == i
+    assert [r["code"] for r in await store.history("s-1")] == ["c1", "c2", "c3"]
     store.close()
 
 
