@@ -22,7 +22,6 @@ the run directory is followed as a link (a socket's peer must be in the containe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +48,7 @@ from sandbox._endpoint import (
 from sandbox._exceptions import DeadlineExceeded, SandboxError, SessionStartError
 from sandbox._init_client import MAX_INIT_REPLY, InitClient, InitUnavailable, init_mac
 from sandbox._route import ROUTE_BUDGET, Route, message_size
+from sandbox._tasks import cancel_and_wait
 from sandbox._wire import (
     MAX_FRAMES,
     MAX_HEADER_BYTES,
@@ -181,11 +181,7 @@ class KernelConnection:
     async def reconnect_iopub(self, timeout: float = 5.0) -> None:
         """A fresh IOPub connection; called by the session when an execution's IOPub
         went silent (a connection the host ended because a message broke a cap)."""
-        task = self._pumps.pop("iopub", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._pumps.pop("iopub", None))
         old = self._channels.pop("iopub", None)
         if old is not None:
             old.close()
@@ -320,12 +316,8 @@ class KernelConnection:
 
     async def close(self) -> None:
         self._closing = True
-        for task in self._pumps.values():
-            task.cancel()
-        for task in self._pumps.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._pumps = {}
+        pumps, self._pumps = list(self._pumps.values()), {}
+        await cancel_and_wait(*pumps)
         for conn in self._channels.values():
             conn.close()
         self._channels = {}

@@ -42,6 +42,7 @@ from sandbox._pool import WarmPool
 from sandbox._runtime.base import LABEL_MANAGER, Runtime
 from sandbox._session import AsyncSession, SessionState
 from sandbox._start_gate import LineTooLong, StartGate
+from sandbox._tasks import cancel_and_wait
 
 __all__ = ["SessionManager"]
 
@@ -98,10 +99,7 @@ class SessionManager:
         self._closed = True
         self.starts.close(SessionStartError("the session manager is shutting down; nothing "
                                             "more is started"))
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await cancel_and_wait(self._reaper)
         await self._pool.close()
         sessions = list(self._sessions.values())
         self._sessions.clear()

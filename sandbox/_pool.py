@@ -12,13 +12,13 @@ once and never returned: its kernel has run someone's code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from sandbox._exceptions import SandboxError
 from sandbox._session import AsyncSession, SessionState
+from sandbox._tasks import cancel_and_wait
 
 log = logging.getLogger("sandbox.pool")
 
@@ -89,11 +89,8 @@ class WarmPool:
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         sessions = list(self._ready)
         self._ready.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

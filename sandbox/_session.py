@@ -54,6 +54,7 @@ from sandbox._runtime.base import Runtime
 from sandbox._session_cells import Abandoned, CellBox
 from sandbox._session_files import SessionFiles
 from sandbox._slot import KernelSlot
+from sandbox._tasks import run_to_end
 from sandbox._uids import for_session
 
 log = logging.getLogger("sandbox.session")
@@ -399,7 +400,10 @@ class AsyncSession(SessionFiles):
 
     async def _teardown(self) -> None:
         # Runs to the end even if the caller is cancelled half-way (a server shutting
-        # down, a reaper pass cut short): the removal is shielded, the dir always goes.
+        # down, a reaper pass cut short); the cancellation goes up once it has ended.
+        await run_to_end(self._dismantle())
+
+    async def _dismantle(self) -> None:
         container = self._box.container_id
         try:
             await self._slot.drop()

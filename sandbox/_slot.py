@@ -20,6 +20,7 @@ from sandbox._endpoint import KernelEndpoint, clear_run_dir, write_endpoint
 from sandbox._kernel import KernelConnection
 from sandbox._models import KernelDeath
 from sandbox._rundir import make_run_dir
+from sandbox._tasks import cancel_and_wait
 
 ConnectionFactory = Callable[..., KernelConnection]
 DeathHandler = Callable[[KernelDeath], None]
@@ -103,10 +104,7 @@ class KernelSlot:
     async def drop(self) -> None:
         """Stop watching and close the connection (the kernel itself is the box's)."""
         task, self._watch = self._watch, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)
         kernel, self.kernel = self.kernel, None
         if kernel is not None:
             await kernel.close()

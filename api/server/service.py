@@ -40,6 +40,7 @@ from sandbox import (
     SessionState,
     make_config,
 )
+from sandbox.utils import cancel_and_wait
 
 log = logging.getLogger("agentbox.api")
 # Retry-After (seconds) on refusals that a later retry can pass: a full server or key
@@ -106,10 +107,7 @@ class SandboxService(Executions):
     async def shutdown(self) -> None:
         """Stop taking work, end running cells, remove every container, flush history."""
         self.accepting = False
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        await cancel_and_wait(self._janitor)
         await self.manager.shutdown()
         await self._wait_pumps(10.0)  # their cells ended with the sessions: record them
         for sid in list(self.owned):

@@ -78,6 +78,34 @@ async def test_reaper_closes_idle_and_over_age_sessions() -> None:
         assert manager.list() == []
 
 
+async def test_a_reaper_pass_cancelled_mid_close_ends_and_leaves_nothing(engine: object) -> None:
+    # A shutdown cancels the reaper and waits for it. A pass cancelled while it closed a
+    # session used to swallow the cancel (waiting for the kernel's tasks to stop) and
+    # reap on forever: the shutdown never returned. Cancel at each step of a close.
+    config = ManagerConfig(reaper_interval_s=3600)  # the passes here are the test's own
+    async with SessionManager(config) as manager:
+        for steps in range(8):
+            session = await manager.create(idle_timeout_s=0.001)
+            await asyncio.sleep(0.01)
+            reaping = asyncio.create_task(manager.reap_once())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            reaping.cancel()
+            done, _ = await asyncio.wait([reaping], timeout=60)
+            assert done, f"a pass cancelled after {steps} step(s) did not end"
+            assert reaping.cancelled(), f"after {steps} step(s): {reaping!r}"
+            if session.state is SessionState.CLOSED:  # it had begun: its close ran to the end
+                assert session.container_id is None
+                assert not session.run_dir.exists()
+        # Every container left belongs to a session still open (a pass cancelled before
+        # it began leaves its session to the next one).
+        left = engine.containers.list(  # type: ignore[attr-defined]
+            all=True, filters={"label": f"org.agentbox.manager={manager.instance_id}"})
+        assert {c.labels.get(LABEL_SESSION) for c in left} <= {s.id for s in manager.list()}
+    assert engine.containers.list(  # type: ignore[attr-defined]
+        all=True, filters={"label": f"org.agentbox.manager={manager.instance_id}"}) == []
+
+
 async def test_shutdown_closes_everything(engine: object) -> None:
     manager = SessionManager(ManagerConfig(pool_size=1))
     await manager.start()

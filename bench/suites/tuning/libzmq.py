@@ -18,6 +18,7 @@ from jupyter_client.asynchronous import AsyncKernelClient  # type: ignore[attr-d
 import sandbox._session as session_module
 from sandbox._exceptions import DeadlineExceeded, SandboxError
 from sandbox._kernel import KernelConnection, KernelEndpoint, Route, deserialize
+from sandbox._tasks import cancel_and_wait
 
 RECV_WATCH_S = 0.5  # as at 164c099
 
@@ -100,11 +101,7 @@ class LibzmqConnection(KernelConnection):
         return msg_id, queue
 
     async def reconnect_iopub(self, timeout: float = 5.0) -> None:
-        task = self._pumps.pop("iopub", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._pumps.pop("iopub", None))
         old = self.client._iopub_channel  # jupyter_client creates the channel lazily
         self.client._iopub_channel = None
         if old is not None:
@@ -137,12 +134,8 @@ class LibzmqConnection(KernelConnection):
 
     async def close(self) -> None:
         self._closing = True
-        for task in self._pumps.values():
-            task.cancel()
-        for task in self._pumps.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._pumps = {}
+        pumps, self._pumps = list(self._pumps.values()), {}
+        await cancel_and_wait(*pumps)
         with contextlib.suppress(Exception):
             self.client.stop_channels()
         self.context.destroy(linger=0)
