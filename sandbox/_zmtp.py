@@ -33,6 +33,7 @@ import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from sandbox._zmtp_wire import (
     COMMAND,
@@ -117,11 +118,12 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, though not always an asyncio.Transport subclass (uvloop's
+        # is not): what is used of it is the Transport interface.
+        self.transport = cast(asyncio.Transport, transport)
         # The greeting alone first: libzmq drops what comes in the same read as a
         # greeting (seen: a subscription sent with it never took).
-        transport.write(GREETING)
+        self.transport.write(GREETING)
 
     def data_received(self, data: bytes) -> None:
         greeted = self.reader.stage != "greeting"
