@@ -148,6 +148,14 @@ def test_api_quick(results: dict[str, Any]) -> None:
     assert all(isinstance(c["target_met"], bool) for c in targets)
     assert data["checks"]["history_rows"] == data["checks"]["api_executes"]
     assert data["headlines"]
+    # CPU per call of each 1+1 side: every metered call counted, the server's CPU seen
+    cpu = data["cpu"]
+    assert set(cpu) == {"lib.trivial", "api.json.trivial", "api.sse.trivial", "api.get",
+                        "api.raw.trivial"}
+    for name, c in cpu.items():
+        assert c["n"] == data["series"][name]["stats"]["n"], name
+        assert c["here_ms"] > 0 and c["total_ms"] >= c["here_ms"], (name, c)
+    assert cpu["api.json.trivial"]["server_ms"] > 0.1  # the server parsed, ran and answered
 
 
 @pytest.mark.timeout(TIMEOUT_S + 60)

@@ -28,6 +28,7 @@ from bench.harness.run import progress_display
 from bench.harness.stats import delta_ci
 from bench.harness.suite import Suite, pool_turn
 from bench.suites.api import EXECUTE_GROUPS, TARGET_MS, Plan
+from bench.suites.api.cpu import CpuMeter
 from bench.suites.api.render import api_headlines
 from bench.suites.api.service import ApiServer, Http, history_rows
 from sandbox import AsyncSession, ManagerConfig, SessionManager
@@ -54,7 +55,8 @@ class Bench(Suite):
         super().__init__(plan, progress)
         self.plan: Plan = plan
         self.tmp = tmp
-        self.extra: dict[str, Any] = {"outputs": {}, "pool_misses": {"api": 0, "library": 0}}
+        self.extra: dict[str, Any] = {"outputs": {}, "pool_misses": {"api": 0, "library": 0},
+                                      "cpu": {}}
         self.http = Http(self.extra["outputs"])
 
     async def blocks(self, sides: dict[str, Side], n: int, description: str) -> None:
@@ -150,9 +152,15 @@ class Bench(Suite):
                     for _ in range(p.warmup):
                         for side in sides.values():
                             await side()
+                    # 1+1: also each call's CPU time, the server's and this process's.
+                    meter = CpuMeter(server.pid) if key == "trivial" else None
+                    if meter is not None:
+                        sides = {name: meter.metered(name, side) for name, side in sides.items()}
                     names = "API JSON · API SSE · library" + (
                         " · HTTP floor · http.client" if key == "trivial" else "")
                     await self.blocks(sides, n, f"{label} ({names})")
+                    if meter is not None:
+                        self.extra["cpu"] = meter.summary()
         finally:
             http.delete(server, sid)
 
@@ -292,6 +300,7 @@ async def run(plan: Plan, console: Any) -> dict[str, Any]:
                   leaked_containers=agentbox_containers(bench.docker, mine=True))
     data = header("api", plan, clock, git=machine.git_state(("api",)), machine=info)
     data.update({"libraries": libraries(), "outputs": bench.extra["outputs"], "checks": checks,
+                 "cpu": bench.extra["cpu"],
                  "series": bench.rec.series, "comparisons": bench.rec.comparisons})
     data["headlines"] = api_headlines(data)
     return data

@@ -106,6 +106,42 @@ def _target(data: dict[str, Any]) -> list[str]:
                   f"`http.client` (one keep-alive connection, each request in one send) adds "
                   f"{raw_c['delta_p50_ms']:+.2f} ms, so httpx itself accounts for "
                   f"~{json_c['delta_p50_ms'] - raw_c['delta_p50_ms']:.2f} ms of the JSON figure."]
+    return [*lines, "", *_cpu(data)]
+
+
+CPU_ROWS = [("lib.trivial", "1+1: library"), ("api.json.trivial", "1+1: API, JSON (httpx)"),
+            ("api.raw.trivial", "1+1: API, JSON (http.client)"),
+            ("api.sse.trivial", "1+1: API, SSE (httpx)"),
+            ("api.get", "GET /v1/sessions/{id} (HTTP floor)")]
+
+
+def _cpu(data: dict[str, Any]) -> list[str]:
+    """CPU time per call beside the wall time: what each side costs in work, the server's
+    and the client's apart."""
+    cpu = data.get("cpu") or {}
+    if "lib.trivial" not in cpu:
+        return []
+    lines = ["CPU time per call, mean over the same calls: the scheduler's own count of "
+             "nanoseconds on a CPU (`/proc/PID/task/*/schedstat` for the server, "
+             "`time.process_time_ns()` for the benchmark's process, which is the client or the "
+             "library). It leaves out the waits for a CPU that wall time has on a busy machine, "
+             "though a busy machine still makes the same work take more of it (shared caches "
+             "and cores): compare rows of one run. The kernel's container is not counted on "
+             "either side.", "",
+             "| Call | n | server process | benchmark process | both |", "|---|--:|--:|--:|--:|"]
+    for key, label in CPU_ROWS:
+        if key in cpu:
+            c = cpu[key]
+            lines.append(f"| {label} | {c['n']} | {c['server_ms']:.3f} ms | {c['here_ms']:.3f} ms"
+                         f" | {c['total_ms']:.3f} ms |")
+    lib, get = cpu["lib.trivial"], cpu.get("api.get")
+    api = cpu.get("api.json.trivial")
+    if api is not None and get is not None:
+        lines += ["", f"The server spends {api['server_ms']:.2f} ms of CPU on a `1+1` execute: "
+                  f"{get['server_ms']:.2f} ms is what a `GET` costs it (the HTTP stack), "
+                  f"{api['server_ms'] - get['server_ms']:.2f} ms the cell, its history row and "
+                  f"its answer, where the library's own process spends {lib['here_ms']:.2f} ms "
+                  "on the cell."]
     return [*lines, ""]
 
 

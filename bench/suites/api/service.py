@@ -41,6 +41,12 @@ class ApiServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchError("the API server is not started")
+        return self.proc.pid
+
+    @property
     def log(self) -> Path:
         return self.data_dir / "server.log"
 
