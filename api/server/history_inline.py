@@ -37,6 +37,7 @@ from api.server.history_tables import (
     _KEY_OF,
     _NEXT_SEQ,
     EXECUTION_COLUMNS,
+    execution_row,
     executions,
 )
 
@@ -154,12 +155,10 @@ class InlineWriter:
                              self.add_usage.args({"b_key": key_id, "b_size": size}))
             seq = int(conn.execute(self.next_seq.sql, self.next_seq.args(
                 {"b_session": session_id})).fetchall()[0][0]) + 1
-            conn.execute(self.insert.sql, self.insert.args({
-                "v_session_id": session_id, "v_seq": seq, "v_code": code,
-                "v_status": result["status"],
-                "v_execution_count": result.get("execution_count"), "v_result": text,
-                "v_started_at": started_at,
-                "v_duration_ms": result.get("duration_ms", 0.0)}))
+            values = execution_row(session_id, seq, code, result, started_at)
+            values["result"] = text  # the JSON the quota measured, not built twice
+            conn.execute(self.insert.sql,
+                         self.insert.args({f"v_{k}": v for k, v in values.items()}))
             conn.commit()
         except Exception:  # whatever it was, the worker thread's write decides
             conn.rollback()

@@ -62,9 +62,16 @@ executions = Table(
     UniqueConstraint("session_id", "seq", name="uq_executions_session_seq"),
 )
 
-# The columns an execution write fills (id is the database's).
-EXECUTION_COLUMNS = ("session_id", "seq", "code", "status", "execution_count", "result",
-                     "started_at", "duration_ms")
+def execution_row(session_id: str, seq: int, code: str, result: dict[str, Any],
+                  started_at: float) -> dict[str, Any]:
+    """The columns one execution write fills (id is the database's), from the result
+    body; ``result`` is the body itself (the loop's writer stores its JSON text)."""
+    return {"session_id": session_id, "seq": seq, "code": code, "status": result["status"],
+            "execution_count": result.get("execution_count"), "result": result,
+            "started_at": started_at, "duration_ms": result.get("duration_ms", 0.0)}
+
+
+EXECUTION_COLUMNS = tuple(execution_row("", 0, "", {"status": ""}, 0.0))
 
 # Characters of history each key holds (code + result JSON of its executions), kept in
 # step with every write and purge in the same transaction; counted from the rows the

@@ -53,6 +53,7 @@ from api.server.history_tables import (
     _USAGE,
     _sqlite_pragmas,
     _stored_chars,
+    execution_row,
     executions,
     history_usage,
     metadata,
@@ -132,11 +133,8 @@ class HistoryStore:
                     row_code, row, notes = self._within_key_quota(
                         conn, session_id, code, result, text)
                     seq = conn.execute(_NEXT_SEQ, {"b_session": session_id}).scalar_one() + 1
-                    conn.execute(_INSERT_EXECUTION, {
-                        "session_id": session_id, "seq": seq, "code": row_code,
-                        "status": row["status"], "execution_count": row.get("execution_count"),
-                        "result": row, "started_at": started_at,
-                        "duration_ms": row.get("duration_ms", 0.0)})
+                    conn.execute(_INSERT_EXECUTION,
+                                 execution_row(session_id, seq, row_code, row, started_at))
                     if said is not None:
                         said.extend(cut + notes)
                     return int(seq)
