@@ -10,9 +10,11 @@ current step (the body is written in the same step as the head) makes one ``send
 of both, about 0.3 ms less per request under load.
 
 Bounded: at most ``HOLD_MAX`` bytes are ever held (a larger write goes out at once with
-what was held before it, in order), and only until the loop's next turn. Closing
-sends what is held first, and so does asking for the write buffer's size; aborting
-drops it, as it drops the transport's own buffer.
+what was held before it, in order), and only until the loop's next turn, or until the
+response is complete (``GuardedH11Protocol.on_response_complete`` flushes, so the answer
+does not wait for the work after it in the same step: the access-log line, uvicorn's
+keep-alive timer). Closing sends what is held first, and so does asking for the write
+buffer's size; aborting drops it, as it drops the transport's own buffer.
 """
 
 from __future__ import annotations

@@ -187,6 +187,10 @@ class GuardedH11Protocol(ProtocolBase):
         self._watch()
 
     def on_response_complete(self) -> None:
+        # The whole answer is written: send it now, not after what the app and uvicorn
+        # still do in this step of the loop (the access-log line, the keep-alive timer).
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.flush()
         super().on_response_complete()
         self._watch()
 
