@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 
-from bench.suites.api.cpu import CpuMeter, process_cpu_ns
+from bench.suites.api.cpu import CpuMeter, cpu_between, process_cpu_ns
 
 
 def spin(seconds: float) -> None:
@@ -40,3 +40,9 @@ def test_process_cpu_ns_grows_with_work_only() -> None:
     before = process_cpu_ns(os.getpid())
     spin(0.02)
     assert process_cpu_ns(os.getpid()) - before >= 15_000_000
+
+
+def test_a_thread_that_ends_between_readings_does_not_make_it_negative() -> None:
+    before = {1: 5_000, 2: 90_000_000}  # thread 2, an idle worker, ends meanwhile
+    after = {1: 7_000, 3: 1_000}  # thread 3 started meanwhile
+    assert cpu_between(before, after) == 2_000 + 1_000

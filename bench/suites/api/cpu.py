@@ -13,17 +13,29 @@ from typing import Any
 Side = Callable[[], Awaitable[float | None]]
 
 
-def process_cpu_ns(pid: int) -> int:
-    """CPU time of every thread of process *pid* so far (``/proc/PID/task/*/schedstat``,
-    whose first field is the nanoseconds the thread ran)."""
-    total = 0
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """Nanoseconds each thread of process *pid* has run so far, by thread id
+    (``/proc/PID/task/*/schedstat``, whose first field is that)."""
+    found: dict[int, int] = {}
     for task in os.scandir(f"/proc/{pid}/task"):
         try:
             with open(f"{task.path}/schedstat") as f:
-                total += int(f.read().split()[0])
+                found[int(task.name)] = int(f.read().split()[0])
         except (OSError, ValueError, IndexError):
             continue  # a thread that ended meanwhile
-    return total
+    return found
+
+
+def cpu_between(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU nanoseconds between two readings: each thread's growth, a new thread's whole
+    time. A thread that ended in between is left out (a sum over the live threads would
+    lose its whole past and could go below zero: idle worker threads do end)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items())
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU nanoseconds of the live threads of process *pid* so far."""
+    return sum(thread_cpu_ns(pid).values())
 
 
 class CpuMeter:
@@ -37,14 +49,14 @@ class CpuMeter:
     def metered(self, name: str, side: Side) -> Side:
         async def run() -> float | None:
             # The reads of /proc stay outside this process's window.
-            s0 = process_cpu_ns(self.server_pid)
+            s0 = thread_cpu_ns(self.server_pid)
             h0 = time.process_time_ns()
             value = await side()
             h1 = time.process_time_ns()
-            s1 = process_cpu_ns(self.server_pid)
+            s1 = thread_cpu_ns(self.server_pid)
             acc = self.calls.setdefault(name, [0, 0, 0])
             acc[0] += 1
-            acc[1] += s1 - s0
+            acc[1] += cpu_between(s0, s1)
             acc[2] += h1 - h0
             return value
 
