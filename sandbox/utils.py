@@ -7,7 +7,7 @@ import os
 
 from sandbox._extras import require as require_extra
 from sandbox._output_caps import human_bytes
-from sandbox._tasks import cancel_and_wait, run_to_end
+from sandbox._tasks import cancel_and_wait
 
 
 def pid_alive(pid: int) -> bool:
@@ -21,4 +21,4 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["cancel_and_wait", "human_bytes", "pid_alive", "require_extra", "run_to_end"]
+__all__ = ["cancel_and_wait", "human_bytes", "pid_alive", "require_extra"]

@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 
-from bench.suites.api.cpu import CpuMeter, cpu_between, process_cpu_ns
+from bench.suites.api.cpu import CpuMeter, cpu_between, thread_cpu_ns
 
 
 def spin(seconds: float) -> None:
@@ -36,10 +36,10 @@ async def test_work_in_any_thread_counts_and_waiting_does_not() -> None:
     assert summary["wait"]["here_ms"] < 10  # 50 ms of wall time each, next to no CPU
 
 
-def test_process_cpu_ns_grows_with_work_only() -> None:
-    before = process_cpu_ns(os.getpid())
+def test_thread_cpu_ns_grows_with_work_only() -> None:
+    before = thread_cpu_ns(os.getpid())
     spin(0.02)
-    assert process_cpu_ns(os.getpid()) - before >= 15_000_000
+    assert cpu_between(before, thread_cpu_ns(os.getpid())) >= 15_000_000
 
 
 def test_a_thread_that_ends_between_readings_does_not_make_it_negative() -> None:

@@ -33,11 +33,6 @@ def cpu_between(before: dict[int, int], after: dict[int, int]) -> int:
     return sum(ns - before.get(tid, 0) for tid, ns in after.items())
 
 
-def process_cpu_ns(pid: int) -> int:
-    """CPU nanoseconds of the live threads of process *pid* so far."""
-    return sum(thread_cpu_ns(pid).values())
-
-
 class CpuMeter:
     """Wraps sides of a block so that each call's CPU time is added up: the server's (its
     process, all threads) and this process's (the client, or the library and its loop)."""
